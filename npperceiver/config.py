@@ -1,0 +1,193 @@
+"""PerceiverConfig: the hyper-parameters of the Perceiver encoder, with HF's field names.
+
+Mirrors ``transformers.PerceiverConfig`` (``configuration_perceiver.py``, transformers 4.57.6): the same
+field names and defaults, so an HF ``config.json`` loads as it is. Unlike HF, every value is checked
+here, once, when the config is built: a config that HF rejects *or* one that HF accepts but then crashes
+on in ``forward`` (for example self-attention whose value width is not ``d_latents``) raises a
+``ValueError`` naming the field, the value and the rule.
+
+Keys of an HF ``config.json`` that do not concern the encoder (``image_size``, ``architectures``,
+``transformers_version``, ...) are kept, untouched, in :attr:`PerceiverConfig.extras` so that
+``from_dict(to_dict(c)) == c`` and nothing is lost on the way back to JSON.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import os
+from dataclasses import dataclass, field
+from typing import Any, Mapping, Optional
+
+from .shapes import AttentionDims, resolve_cross_attention, resolve_self_attention
+
+#: Activations the MLP understands, by HF ``hidden_act`` name (``transformers.activations.ACT2FN``).
+SUPPORTED_ACTIVATIONS = ("gelu", "gelu_new", "gelu_pytorch_tanh", "relu", "silu", "swish")
+
+
+@dataclass(frozen=True)
+class PerceiverConfig:
+    """Hyper-parameters of the Perceiver encoder (HF ``PerceiverConfig``; defaults are HF's).
+
+    Dimension letters used throughout npperceiver are given in brackets.
+    """
+
+    num_latents: int = 256  # [N] rows of the latent array
+    d_latents: int = 1280  # [D] width of each latent; q_dim of every encoder layer
+    d_model: int = 768  # [C] width of each input (kv_dim of the cross-attention)
+    num_blocks: int = 1  # how many times the *same* block of self-attention layers is applied
+    num_self_attends_per_block: int = 26  # [S] distinct self-attention layers in that block
+    num_self_attention_heads: int = 8  # [Hs]
+    num_cross_attention_heads: int = 8  # [Hc]
+    qk_channels: Optional[int] = None  # query/key width, shared by cross- and self-attention (None: derived)
+    v_channels: Optional[int] = None  # value width, shared by cross- and self-attention (None: = qk width)
+    cross_attention_shape_for_attention: str = "kv"  # qk width of the cross-attention when qk_channels is None:
+    #                                                  "kv" -> d_model, "q" -> d_latents
+    self_attention_widening_factor: int = 1  # self-attention MLP hidden width = factor * D
+    cross_attention_widening_factor: int = 1  # cross-attention MLP hidden width = factor * D
+    hidden_act: str = "gelu"  # MLP activation; "gelu" is the exact erf form
+    attention_probs_dropout_prob: float = 0.1  # dropout on attention probabilities; training only, unused here
+    initializer_range: float = 0.02  # std of the normal initialisation of weights and latents
+    layer_norm_eps: float = 1e-12  # HF QUIRK: unused -- every LayerNorm uses torch's default eps 1e-5
+    use_query_residual: bool = True  # residual around the *cross*-attention (self-attention always has one)
+    vocab_size: int = 262  # text path only: byte vocabulary incl. 6 special tokens
+    max_position_embeddings: int = 2048  # text path only: longest input, number of MLM output queries
+    extras: Mapping[str, Any] = field(default_factory=dict, compare=False, repr=False)  # other config.json keys
+
+    # ------------------------------------------------------------------ validation
+    def __post_init__(self) -> None:
+        positive_ints = (
+            "num_latents", "d_latents", "d_model", "num_blocks", "num_self_attends_per_block",
+            "num_self_attention_heads", "num_cross_attention_heads", "self_attention_widening_factor",
+            "cross_attention_widening_factor", "vocab_size", "max_position_embeddings",
+        )
+        for name in positive_ints:
+            _check_positive_int(name, getattr(self, name))
+        for name in ("qk_channels", "v_channels"):
+            value = getattr(self, name)
+            if value is not None:
+                _check_positive_int(name, value, extra=" or None")
+        if not isinstance(self.use_query_residual, bool):
+            raise ValueError(f"use_query_residual must be a bool, got {self.use_query_residual!r}")
+        if self.hidden_act not in SUPPORTED_ACTIVATIONS:
+            raise ValueError(
+                f"hidden_act must be one of {', '.join(SUPPORTED_ACTIVATIONS)}, got {self.hidden_act!r}"
+            )
+        if self.cross_attention_shape_for_attention not in ("q", "kv"):
+            raise ValueError(
+                "cross_attention_shape_for_attention must be 'q' or 'kv', "
+                f"got {self.cross_attention_shape_for_attention!r}"
+            )
+        _check_real("attention_probs_dropout_prob", self.attention_probs_dropout_prob, 0.0, 1.0, hi_open=True)
+        _check_real("initializer_range", self.initializer_range, 0.0, math.inf)
+        _check_real("layer_norm_eps", self.layer_norm_eps, 0.0, math.inf, lo_open=True)
+        if not isinstance(self.extras, Mapping):
+            raise ValueError(f"extras must be a mapping, got {type(self.extras).__name__}")
+
+        D = self.d_latents
+        # HF PerceiverEncoder.__init__: both head counts must divide d_latents (even when the
+        # cross-attention's qk width is d_model).
+        for name in ("num_self_attention_heads", "num_cross_attention_heads"):
+            heads = getattr(self, name)
+            if D % heads:
+                raise ValueError(f"d_latents ({D}) must be divisible by {name} ({heads})")
+        # HF PerceiverSelfAttention.__init__: every qk / v width must split evenly over the heads.
+        for dims, heads_field in ((self.cross_attention, "num_cross_attention_heads"),
+                                  (self.self_attention, "num_self_attention_heads")):
+            kind = "cross" if dims.is_cross else "self"
+            for width, what in ((dims.qk_channels, "query/key"), (dims.v_channels, "value")):
+                if width % dims.num_heads:
+                    raise ValueError(
+                        f"{kind}-attention {what} width {width} (from {_width_source(self, dims, what)}) "
+                        f"must be divisible by {heads_field} ({dims.num_heads})"
+                    )
+        # HF accepts this at construction but crashes in forward: the self-attention output projection
+        # maps v -> v and is then added to a residual of width d_latents.
+        if self.self_attention.v_channels != D:
+            raise ValueError(
+                f"self-attention value width must equal d_latents ({D}), but v_channels={self.v_channels}, "
+                f"qk_channels={self.qk_channels} resolve it to {self.self_attention.v_channels}; "
+                f"set v_channels={D} (or leave both unset)"
+            )
+
+    # ------------------------------------------------------------------ derived sizes
+    @property
+    def cross_attention(self) -> AttentionDims:
+        """Resolved widths of the encoder's cross-attention (HF ``PerceiverAttention`` rules)."""
+        return resolve_cross_attention(self)
+
+    @property
+    def self_attention(self) -> AttentionDims:
+        """Resolved widths of every latent self-attention layer."""
+        return resolve_self_attention(self)
+
+    @property
+    def num_self_attention_layers(self) -> int:
+        """[L] self-attention layers applied: ``num_blocks * num_self_attends_per_block``."""
+        return self.num_blocks * self.num_self_attends_per_block
+
+    # ------------------------------------------------------------------ (de)serialisation
+    @classmethod
+    def from_dict(cls, config: Mapping[str, Any]) -> "PerceiverConfig":
+        """Build from a mapping such as an HF ``config.json``; unknown keys go to :attr:`extras`."""
+        if not isinstance(config, Mapping):
+            raise ValueError(f"config must be a mapping of field names to values, got {type(config).__name__}")
+        names = {f.name for f in dataclasses.fields(cls)} - {"extras"}
+        known = {k: v for k, v in config.items() if k in names}
+        extras = dict(config.get("extras", {}) or {})
+        extras.update({k: v for k, v in config.items() if k not in names and k != "extras"})
+        return cls(**known, extras=extras)
+
+    @classmethod
+    def from_json(cls, path: "str | os.PathLike[str]") -> "PerceiverConfig":
+        """Read a JSON file (an HF ``config.json`` works as it is)."""
+        try:
+            with open(path, encoding="utf-8") as f:
+                data = json.load(f)
+        except json.JSONDecodeError as e:
+            raise ValueError(f"{os.fspath(path)} is not valid JSON: {e}") from None
+        return cls.from_dict(data)
+
+    def to_dict(self) -> dict[str, Any]:
+        """The fields (HF names) followed by the extra keys, ready for ``json.dump``."""
+        out = {f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.name != "extras"}
+        out.update(self.extras)
+        return out
+
+    def to_json(self, path: "str | os.PathLike[str] | None" = None) -> str:
+        """Serialise to JSON text; also write it to ``path`` when given."""
+        text = json.dumps(self.to_dict(), indent=2) + "\n"
+        if path is not None:
+            with open(path, "w", encoding="utf-8") as f:
+                f.write(text)
+        return text
+
+
+# ---------------------------------------------------------------------- helpers
+def _check_positive_int(name: str, value: Any, extra: str = "") -> None:
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise ValueError(f"{name} must be a positive integer{extra}, got {value!r} ({type(value).__name__})")
+    if value <= 0:
+        raise ValueError(f"{name} must be a positive integer{extra}, got {value}")
+
+
+def _check_real(name: str, value: Any, lo: float, hi: float, lo_open: bool = False, hi_open: bool = False) -> None:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or math.isnan(value):
+        raise ValueError(f"{name} must be a number, got {value!r}")
+    too_low = value <= lo if lo_open else value < lo
+    too_high = value >= hi if hi_open else value > hi
+    if too_low or too_high:
+        interval = f"{'(' if lo_open else '['}{lo}, {hi}{')' if hi_open else ']'}"
+        raise ValueError(f"{name} must lie in {interval}, got {value}")
+
+
+def _width_source(config: PerceiverConfig, dims: AttentionDims, what: str) -> str:
+    """Say which config field a resolved attention width came from, for error messages."""
+    if what == "value" and config.v_channels is not None:
+        return "v_channels"
+    if config.qk_channels is not None:
+        return "qk_channels"
+    if dims.is_cross:
+        return "d_model" if config.cross_attention_shape_for_attention == "kv" else "d_latents"
+    return "d_latents"
