@@ -16,7 +16,7 @@ The rules mirror HF ``PerceiverAttention.__init__`` and ``PerceiverSelfAttention
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Optional, Tuple, Union
 
 if TYPE_CHECKING:  # pragma: no cover - typing only, avoids an import cycle with config.py
     from .config import PerceiverConfig
@@ -82,3 +82,214 @@ def resolve_self_attention(config: "PerceiverConfig") -> AttentionDims:
         qk_channels=qk, v_channels=v, output_channels=v,
         widening_factor=config.self_attention_widening_factor, use_query_residual=True,
     )
+
+
+# ============================================================================ the forward pass, step by step
+#
+# ``encoder_steps`` lists every step of ``PerceiverModel.forward`` through the encoder, in the order HF runs
+# them, with the shape each one produces -- computed from the widths above, never from arrays. It is a
+# small dataflow program: each step names the steps whose outputs it reads, so ``npperceiver explain``
+# prints it as a table and ``viz/`` turns it into a diagram, and both agree with the model by construction.
+
+Dim = Union[int, str]  # a size, or a letter standing for one ("B" batch, "M" inputs) when not given
+Shape = Tuple[Dim, ...]
+
+#: Names of the masks as they act inside the encoder (``Step.mask``), and where each one comes from.
+MASK_NAMES = ("inputs_mask", "attention_mask", "head_mask")
+
+#: Kinds of step: data the user passes in, a learned parameter, a mask (given or derived), an operation,
+#: and the encoder's result.
+STEP_KINDS = ("input", "parameter", "mask", "op", "output")
+
+
+@dataclass(frozen=True)
+class Step:
+    """One step of the encoder's forward pass, as HF transformers 4.57.6 runs it.
+
+    ``inputs`` are the ids of the earlier steps whose outputs this one reads (its data); ``residual`` is the
+    id of the step added back by a residual connection; ``mask_source`` is the id of the step that produces
+    the mask acting here, and ``mask`` says which mask that is, by the name the encoder gives it.
+    """
+
+    id: str  # unique and path-like: "cross/query", "block1/self0/softmax", "masks/inputs_mask"
+    module: str  # the HF module (or method) it mirrors: "encoder.cross_attention.attention.self.query"
+    name: str  # a short name for a box or a table row: "query", "softmax", "+ inputs_mask"
+    op: str  # what it computes, with this config's sizes: "Linear 32 -> 24"
+    shape: Shape  # the shape of its output
+    axes: Tuple[str, ...]  # what each output axis is: ("B", "N", "D"), ("B", "Hs", "N", "N"), ...
+    kind: str  # one of STEP_KINDS
+    inputs: Tuple[str, ...] = ()  # ids of the steps whose outputs it reads
+    residual: Optional[str] = None  # id of the step added back by a residual connection
+    mask: Optional[str] = None  # "inputs_mask", "attention_mask" or "head_mask[i]" where a mask acts
+    mask_source: Optional[str] = None  # id of the step producing that mask
+    block: Optional[int] = None  # which application of the self-attention block (0 .. num_blocks-1)
+    layer: Optional[int] = None  # index of the self-attention layer within the block (HF self_attends[i])
+    note: str = ""  # what a learner should know here (HF quirks)
+
+    @property
+    def scope(self) -> str:
+        """The group the step belongs to: "inputs", "masks", "cross", "block{b}/self{i}" or "output"."""
+        return self.id.rsplit("/", 1)[0]
+
+
+def _check_size(name: str, value: Dim, letter: str) -> Dim:
+    if isinstance(value, str):
+        if not value:
+            raise ValueError(f"{name} must be a positive integer or a letter such as {letter!r}, got ''")
+        return value
+    if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
+        raise ValueError(f"{name} must be a positive integer or a letter such as {letter!r}, got {value!r}")
+    return value
+
+
+def format_shape(shape: Shape) -> str:
+    """``(B, M, 24)`` -- how shapes are written in tables and diagrams."""
+    return "(" + ", ".join(str(d) for d in shape) + ")"
+
+
+def encoder_steps(config: "PerceiverConfig", batch: Dim = "B", seq_len: Dim = "M") -> list[Step]:
+    """Every step of HF ``PerceiverModel.forward`` through the encoder, in order, with its output shape.
+
+    ``batch`` (B) and ``seq_len`` (M) are sizes, or letters to leave them symbolic; every other size comes
+    from ``config``. The trace covers, in order:
+
+    * the sources: ``inputs`` (B, M, C), the latent array (N, D) broadcast to (B, N, D), and the three
+      masks with what the model makes of them -- ``attention_mask`` (B, M) -> ``inputs_mask``
+      (B, 1, 1, M), ``latent_mask`` (B, N) -> the encoder's ``attention_mask`` (B, 1, 1, N), ``head_mask``
+      (L, Hs) -> (L, 1, Hs, 1, 1);
+    * the cross-attention layer (``encoder.cross_attention``), operation by operation;
+    * ``num_blocks`` applications of the ``num_self_attends_per_block`` self-attention layers
+      (``encoder.self_attends.{i}``): the same weights in every block, ``head_mask[i]`` in layer i of every
+      block;
+    * ``last_hidden_state`` (B, N, D).
+
+    Dropout on the attention probabilities is left out: it is the identity outside training.
+    """
+    B = _check_size("batch", batch, "B")
+    M = _check_size("seq_len", seq_len, "M")
+    N, D, C = config.num_latents, config.d_latents, config.d_model
+    S, NB = config.num_self_attends_per_block, config.num_blocks
+    L, Hs = NB * S, config.num_self_attention_heads
+    steps: list[Step] = []
+    add = steps.append
+
+    # ------------------------------------------------------------------ sources (PerceiverModel.forward)
+    add(Step("inputs/inputs", "inputs", "inputs", f"the input array, d_model = {C}", (B, M, C), ("B", "M", "C"),
+             "input"))
+    add(Step("inputs/latents", "embeddings.latents", "latents", f"learned latent array, {N} x {D}", (N, D),
+             ("N", "D"), "parameter"))
+    add(Step("inputs/embeddings", "embeddings", "broadcast to batch", "latents.expand(B, N, D): same for every row",
+             (B, N, D), ("B", "N", "D"), "op", inputs=("inputs/latents",)))
+    add(Step("masks/attention_mask", "attention_mask", "attention_mask", "1 keeps an input, 0 drops it",
+             (B, M), ("B", "M"), "mask",
+             note="over the inputs; None means all ones"))
+    add(Step("masks/inputs_mask", "invert_attention_mask", "inputs_mask", "(1 - mask) * float32 min",
+             (B, 1, 1, M), ("B", "1", "1", "M"), "mask", inputs=("masks/attention_mask",),
+             note="additive: 0 keeps, float32 min drops; the cross-attention's only mask"))
+    add(Step("masks/latent_mask", "latent_mask", "latent_mask", "1 keeps a latent, 0 drops it",
+             (B, N), ("B", "N"), "mask",
+             note="npperceiver's; HF PerceiverModel always passes attention_mask=None to its encoder"))
+    add(Step("masks/attention_bias", "invert_attention_mask", "attention_mask", "(1 - mask) * float32 min",
+             (B, 1, 1, N), ("B", "1", "1", "N"), "mask", inputs=("masks/latent_mask",),
+             note="the encoder's attention_mask: added in every self-attention layer, ignored by the cross-attention"))
+    add(Step("masks/head_mask", "head_mask", "head_mask", "multiplies attention probabilities per head",
+             (L, Hs), ("L", "Hs"), "mask",
+             note="transformers 4.x only; (Hs,) is broadcast to every layer"))
+    add(Step("masks/head_mask_5d", "get_head_mask", "head_mask", f"(L, Hs) -> (L, 1, Hs, 1, 1), L = {NB} x {S}",
+             (L, 1, Hs, 1, 1), ("L", "1", "Hs", "1", "1"), "mask", inputs=("masks/head_mask",),
+             note=(f"layer i of every block reads row i: rows {S}..{L - 1} are never read" if L > S
+                   else "layer i reads row i")))
+
+    # ------------------------------------------------------------------ the cross-attention
+    last = _layer_steps(add, resolve_cross_attention(config), config, "cross", "encoder.cross_attention",
+                        hidden="inputs/embeddings", inputs="inputs/inputs", B=B, M=M, N=N, block=None, layer=None)
+
+    # ------------------------------------------------------------------ num_blocks x the shared block
+    for b in range(NB):
+        for i in range(S):
+            last = _layer_steps(add, resolve_self_attention(config), config, f"block{b}/self{i}",
+                                f"encoder.self_attends.{i}", hidden=last, inputs=None, B=B, M=M, N=N,
+                                block=b, layer=i)
+
+    add(Step("output/last_hidden_state", "last_hidden_state", "last_hidden_state", "the encoded latents",
+             (B, N, D), ("B", "N", "D"), "output", inputs=(last,)))
+    return steps
+
+
+def _layer_steps(add, dims: AttentionDims, config: "PerceiverConfig", scope: str, module: str, *, hidden: str,
+                 inputs: Optional[str], B: Dim, M: Dim, N: int, block: Optional[int], layer: Optional[int]) -> str:
+    """Append the steps of one HF ``PerceiverLayer``; return the id of its output step."""
+    cross = dims.is_cross
+    H = dims.num_heads
+    h = "Hc" if cross else "Hs"
+    K, k = (M, "M") if cross else (N, "N")  # keys/values: the inputs (cross) or the latents (self)
+    D, kv, qk, v, out = dims.q_dim, dims.kv_dim, dims.qk_channels, dims.v_channels, dims.output_channels
+    dqk, dv, hid = dims.qk_head_dim, dims.v_head_dim, dims.mlp_hidden
+    a = f"{module}.attention.self"
+
+    def step(name_id: str, where: str, name: str, op: str, shape: Shape, axes: Tuple[str, ...], reads: Tuple[str, ...],
+             **kw) -> str:
+        add(Step(f"{scope}/{name_id}", where, name, op, shape, axes, "op", reads, block=block, layer=layer, **kw))
+        return f"{scope}/{name_id}"
+
+    s = lambda name_id: f"{scope}/{name_id}"  # noqa: E731 - id of a step of this layer
+
+    ln1 = step("layernorm1", f"{a}.layernorm1", "layernorm1", f"LayerNorm({D}) of the latents", (B, N, D),
+               ("B", "N", "D"), (hidden,))
+    if cross:
+        kv_src = step("layernorm2", f"{a}.layernorm2", "layernorm2", f"LayerNorm({kv}) of the inputs", (B, M, kv),
+                      ("B", "M", "C"), (inputs,))
+    else:
+        kv_src = ln1  # layernorm2 is nn.Identity in self-attention: keys and values read layernorm1's output
+    step("query", f"{a}.query", "query", f"Linear {D} -> {qk}", (B, N, qk), ("B", "N", "qk"), (ln1,))
+    step("key", f"{a}.key", "key", f"Linear {kv} -> {qk}", (B, K, qk), ("B", k, "qk"), (kv_src,))
+    step("value", f"{a}.value", "value", f"Linear {kv} -> {v}", (B, K, v), ("B", k, "v"), (kv_src,))
+    for what, rows, r, width in (("query", N, "N", dqk), ("key", K, k, dqk), ("value", K, k, dv)):
+        step(f"split_{what}", f"{a}.transpose_for_scores", f"split {what} heads",
+             f"({rows if isinstance(rows, int) else r}, {H * width}) -> {H} heads x {width}",
+             (B, H, rows, width), ("B", h, r, "dqk" if what != "value" else "dv"), (s(what),))
+    step("scores", a, "scores", f"query @ key^T / sqrt({dqk})", (B, H, N, K), ("B", h, "N", k),
+         (s("split_query"), s("split_key")))
+    if cross:
+        step("inputs_mask", a, "+ inputs_mask", "add the inputs mask (0 or float32 min)", (B, H, N, K),
+             ("B", h, "N", k), (s("scores"),), mask="inputs_mask", mask_source="masks/inputs_mask",
+             note="HF replaces the cross-attention's attention_mask by inputs_mask: the latent mask is ignored")
+    else:
+        step("attention_mask", a, "+ attention_mask", "add the latent mask (0 or float32 min)", (B, H, N, K),
+             ("B", h, "N", k), (s("scores"),), mask="attention_mask", mask_source="masks/attention_bias")
+    last = step("softmax", a, "softmax", f"softmax over the {k} keys", (B, H, N, K), ("B", h, "N", k),
+                (s("inputs_mask" if cross else "attention_mask"),))
+    if not cross:
+        last = step("head_mask", a, f"x head_mask[{layer}]", f"multiply each head's probabilities by row {layer}",
+                    (B, H, N, K), ("B", h, "N", k), (last,), mask=f"head_mask[{layer}]",
+                    mask_source="masks/head_mask_5d",
+                    note=f"row {layer} in every block" if config.num_blocks > 1 else "")
+    step("context", a, "@ value", f"probabilities @ value", (B, H, N, dv), ("B", h, "N", "dv"),
+         (last, s("split_value")))
+    step("merge_heads", a, "merge heads", f"{H} heads x {dv} -> {v}", (B, N, v), ("B", "N", "v"), (s("context"),))
+    last = step("output", f"{module}.attention.output.dense", "output.dense", f"Linear {v} -> {out}",
+                (B, N, out), ("B", "N", "D"), (s("merge_heads"),))
+    if dims.use_query_residual:
+        last = step("query_residual", f"{module}.attention", "+ query residual", "add the layer's input (before layernorm1)",
+                    (B, N, D), ("B", "N", "D"), (last,), residual=hidden)
+    attention_output = last
+    step("layernorm", f"{module}.layernorm", "layernorm", f"LayerNorm({D})", (B, N, D), ("B", "N", "D"),
+         (attention_output,))
+    step("mlp_dense1", f"{module}.mlp.dense1", "mlp.dense1",
+         f"Linear {D} -> {hid} (widening x{dims.widening_factor})", (B, N, hid), ("B", "N", "wD"), (s("layernorm"),))
+    step("mlp_act", f"{module}.mlp.intermediate_act_fn", config.hidden_act, _ACT_DESCRIPTIONS[config.hidden_act],
+         (B, N, hid), ("B", "N", "wD"), (s("mlp_dense1"),))
+    step("mlp_dense2", f"{module}.mlp.dense2", "mlp.dense2", f"Linear {hid} -> {D}", (B, N, D), ("B", "N", "D"),
+         (s("mlp_act"),))
+    return step("residual", module, "+ residual", "add the attention output", (B, N, D), ("B", "N", "D"),
+                (s("mlp_dense2"),), residual=attention_output)
+
+
+_ACT_DESCRIPTIONS = {
+    "gelu": "GELU, exact erf form",
+    "gelu_new": "GELU, tanh approximation",
+    "gelu_pytorch_tanh": "GELU, tanh approximation",
+    "relu": "ReLU",
+    "silu": "SiLU",
+    "swish": "SiLU",
+}
