@@ -141,7 +141,8 @@ class PerceiverTokenizer:
             ``[CLS] text [SEP]`` fits in ``max_length``; ``False`` / ``"do_not_truncate"`` never cut;
             ``None`` (HF's default) cuts only when ``max_length`` is given and ``padding`` is ``False``.
         add_special_tokens : frame with ``[CLS]`` ... ``[SEP]`` (HF's default ``True``).
-        return_tensors : ``None`` (lists) or ``"np"`` (int64 arrays; a batch must then have equal lengths).
+        return_tensors : ``None`` (lists) or ``"np"``: int64 arrays of shape (B, L), B = 1 for a single text
+            (texts of a batch must then have equal lengths).
 
         Returns a :class:`BatchEncoding` with ``input_ids`` and ``attention_mask`` (1 = real token, 0 = padding):
         lists of ints for one text, lists of such lists for a batch.
@@ -170,8 +171,8 @@ class PerceiverTokenizer:
 
         batched = not isinstance(text, str)
         if batched:
-            if not isinstance(text, (list, tuple)) or not all(isinstance(t, str) for t in text):
-                raise ValueError("text must be a str or a list of str")
+            if not isinstance(text, (list, tuple)) or not text or not all(isinstance(t, str) for t in text):
+                raise ValueError("text must be a str or a non-empty list of str")
             texts = list(text)
         else:
             texts = [text]
@@ -199,13 +200,13 @@ class PerceiverTokenizer:
         input_ids = [s + [PAD_ID] * max(0, target - len(s)) for s in sequences]  # padding_side "right"
         attention_mask = [[1] * len(s) + [0] * max(0, target - len(s)) for s in sequences]
 
+        if return_tensors == "np":  # (B, L) arrays; one text gets a batch axis of 1, as in HF
+            if len({len(s) for s in input_ids}) > 1:
+                raise ValueError("return_tensors='np' needs texts of equal length: use padding=True")
+            return BatchEncoding(input_ids=np.array(input_ids, dtype=np.int64).reshape(len(input_ids), -1),
+                                 attention_mask=np.array(attention_mask, dtype=np.int64).reshape(len(input_ids), -1))
         if not batched:
             input_ids, attention_mask = input_ids[0], attention_mask[0]
-        if return_tensors == "np":
-            if batched and len({len(s) for s in input_ids}) > 1:
-                raise ValueError("return_tensors='np' needs texts of equal length: use padding=True")
-            input_ids = np.array(input_ids, dtype=np.int64)
-            attention_mask = np.array(attention_mask, dtype=np.int64)
         return BatchEncoding(input_ids=input_ids, attention_mask=attention_mask)
 
     # ------------------------------------------------------------------ ids -> text

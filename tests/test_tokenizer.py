@@ -99,6 +99,8 @@ def test_errors():
         tok("abc", max_length=2, truncation=True)
     with pytest.raises(ValueError, match="text must be"):
         tok(["a", 3])
+    with pytest.raises(ValueError, match="non-empty"):
+        tok([])
 
 
 # ------------------------------------------------------------------ parity with HF
@@ -123,6 +125,18 @@ def test_call_matches_hf(hf, tok, text, padding, truncation, max_length):
 def test_ids_match_hf_without_specials_framing(hf, tok, text, add_special_tokens):
     assert tok(text, add_special_tokens=add_special_tokens)["input_ids"] == \
         _hf_call(hf, text, add_special_tokens=add_special_tokens)["input_ids"]
+
+
+@settings(max_examples=50, deadline=None)
+@given(text=batches, padding=st.sampled_from([True, "max_length"]))
+def test_numpy_tensors_match_hf(hf, tok, text, padding):
+    got = tok(text, padding=padding, max_length=30, truncation=True, return_tensors="np")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        expected = hf(text, padding=padding, max_length=30, truncation=True, return_tensors="np")
+    for key in ("input_ids", "attention_mask"):
+        assert got[key].dtype == np.int64 and got[key].shape == expected[key].shape
+        np.testing.assert_array_equal(got[key], expected[key])
 
 
 @settings(max_examples=300, deadline=None)
