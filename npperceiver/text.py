@@ -39,11 +39,12 @@ import numpy as np
 
 from .attention import Params
 from .config import PerceiverConfig
-from .functional import linear
+from .functional import linear, softmax
 from .layers import perceiver_layer
 from .masks import check_keep_mask, invert_attention_mask
 from .model import PerceiverModel
 from .shapes import AttentionDims
+from .tokenizer import MASK_ID
 from .weights import PREFIX, _layer_shapes, flatten, init_params, param_shapes, params_from_shapes
 
 #: HF ``PerceiverForMaskedLM``: the decoding cross-attention's head count and query/key width, fixed.
@@ -285,6 +286,52 @@ class PerceiverForMaskedLM:
         loss = masked_lm_loss(logits, labels) if labels is not None else None
         cross_attentions = encoded.cross_attentions + (decoder_probs,) if output_attentions else None
         return PerceiverMaskedLMOutput(loss, logits, encoded.hidden_states, encoded.attentions, cross_attentions)
+
+
+# ---------------------------------------------------------------------- fill-mask
+@dataclass(frozen=True)
+class MaskedSpan:
+    """One maximal run of ``[MASK]`` tokens in a sequence, and the model's predictions for it."""
+
+    start: int  # first masked position, counted in input_ids ([CLS] is position 0)
+    stop: int  # one past the last masked position
+    top_ids: np.ndarray  # (stop - start, k) the k most likely ids at each position, best first
+    top_probs: np.ndarray  # (stop - start, k) their probabilities (softmax over the vocabulary)
+
+    @property
+    def greedy_ids(self) -> np.ndarray:
+        """The most likely id at each position, shape (stop - start,)."""
+        return self.top_ids[:, 0]
+
+
+def masked_spans(input_ids: Any) -> list[tuple[int, int]]:
+    """``(start, stop)`` of every maximal run of ``[MASK]`` (id 3) in a 1-D sequence of ids."""
+    is_mask = np.asarray(input_ids) == MASK_ID  # (M,)
+    edges = np.diff(np.concatenate([[0], is_mask.astype(np.int8), [0]]))  # (M + 1,): +1 opens a run, -1 closes it
+    return list(zip(np.flatnonzero(edges == 1).tolist(), np.flatnonzero(edges == -1).tolist()))
+
+
+def fill_mask(model: PerceiverForMaskedLM, input_ids: Any, top_k: int = 5) -> tuple[list[MaskedSpan], np.ndarray]:
+    """Predict every ``[MASK]`` of one sequence, as HF's fill-mask example does.
+
+    input_ids: 1-D, e.g. ``PerceiverTokenizer()(text)["input_ids"]`` (HF's example pads to
+    ``max_length`` with an attention mask; padding is inert, so it is not needed here).
+    Returns the masked spans with the ``top_k`` predictions at each position, and ``input_ids`` with every
+    ``[MASK]`` replaced by its most likely id (greedy: ``logits[0, i].argmax()`` in HF's example).
+    """
+    ids = np.asarray(input_ids)
+    if ids.ndim != 1:
+        raise ValueError(f"input_ids must be one sequence, shape (M,), got {ids.shape}")
+    if isinstance(top_k, bool) or not isinstance(top_k, int) or not 1 <= top_k <= model.config.vocab_size:
+        raise ValueError(f"top_k must be an integer in [1, vocab_size={model.config.vocab_size}], got {top_k!r}")
+    logits = model(ids[None]).logits[0]  # (1, M) -> (1, P, V) -> (P, V)
+    spans, filled = [], ids.astype(np.int64).copy()
+    for start, stop in masked_spans(ids):
+        probs = softmax(logits[start:stop], axis=-1)  # (K, V), K masked positions
+        top = np.argsort(-probs, axis=-1, kind="stable")[:, :top_k]  # (K, V) -> (K, k), best first
+        spans.append(MaskedSpan(start, stop, top, np.take_along_axis(probs, top, axis=-1)))
+        filled[start:stop] = top[:, 0]
+    return spans, filled
 
 
 # ---------------------------------------------------------------------- input checks

@@ -18,6 +18,7 @@ from __future__ import annotations
 import json
 import os
 import struct
+import zipfile
 from typing import TYPE_CHECKING, Any, Iterator, Mapping
 
 import numpy as np
@@ -177,7 +178,7 @@ def load_weights(path: "str | os.PathLike[str]") -> dict[str, np.ndarray]:
         try:
             with np.load(path, allow_pickle=False) as data:
                 return {k: data[k] for k in data.files}
-        except (OSError, ValueError) as e:
+        except (OSError, ValueError, EOFError, zipfile.BadZipFile) as e:  # a damaged zip is not an OSError
             if not os.path.exists(path):
                 raise ValueError(f"weight file {path} does not exist") from None
             raise ValueError(f"{path} is not a readable .npz file: {e}") from None

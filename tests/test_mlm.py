@@ -17,7 +17,8 @@ import pytest
 
 import npperceiver as npp
 from npperceiver.text import (
-    MLM_DECODER_HEADS, PerceiverForMaskedLM, decoder_query, embedding_decoder, masked_lm_loss, mlm_param_shapes,
+    MLM_DECODER_HEADS, PerceiverForMaskedLM, decoder_query, embedding_decoder, fill_mask, masked_lm_loss,
+    mlm_param_shapes,
     perceiver_basic_decoder, text_preprocessor,
 )
 
@@ -394,6 +395,25 @@ def test_state_dict_round_trip_through_a_file(tmp_path, model):
     again = PerceiverForMaskedLM.from_state_dict(model.config, npp.load_weights(path))
     ids = np.array([[4, 110, 3, 5]])
     np.testing.assert_array_equal(again(ids).logits, model(ids).logits)
+
+
+def test_fill_mask_finds_every_span_and_ranks_predictions(model):
+    model = _randomised(model, 6)
+    ids = np.array([4, 3, 110, 3, 3, 3, 111, 3, 5])
+    spans, filled = fill_mask(model, ids, top_k=4)
+    assert [(s.start, s.stop) for s in spans] == [(1, 2), (3, 6), (7, 8)]
+    logits = model(ids[None]).logits[0]
+    masked = [1, 3, 4, 5, 7]
+    np.testing.assert_array_equal(np.concatenate([s.greedy_ids for s in spans]), logits[masked].argmax(-1))
+    np.testing.assert_array_equal(filled[masked], logits[masked].argmax(-1))
+    np.testing.assert_array_equal(np.delete(filled, masked), np.delete(ids, masked))  # the rest is untouched
+    for s in spans:
+        assert s.top_ids.shape == s.top_probs.shape == (s.stop - s.start, 4)
+        assert np.all(np.diff(s.top_probs, axis=-1) <= 0) and np.all(s.top_probs.sum(-1) <= 1 + 1e-6)
+        row = logits[s.start].astype(np.float64)
+        p = np.exp(row - row.max()) / np.exp(row - row.max()).sum()
+        np.testing.assert_allclose(s.top_probs[0], np.sort(p)[::-1][:4], rtol=1e-5)
+    assert fill_mask(model, np.array([4, 110, 5]))[0] == []
 
 
 # ---------------------------------------------------------------------- errors
