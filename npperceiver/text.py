@@ -329,7 +329,8 @@ def fill_mask(model: PerceiverForMaskedLM, input_ids: Any, top_k: int = 5) -> tu
     for start, stop in masked_spans(ids):
         probs = softmax(logits[start:stop], axis=-1)  # (K, V), K masked positions
         top = np.argsort(-probs, axis=-1, kind="stable")[:, :top_k]  # (K, V) -> (K, k), best first
-        spans.append(MaskedSpan(start, stop, top, np.take_along_axis(probs, top, axis=-1)))
+        top_probs = np.take_along_axis(probs, top, axis=-1)  # (K, V) -> (K, k), the probabilities of `top`
+        spans.append(MaskedSpan(start, stop, top, top_probs))
         filled[start:stop] = top[:, 0]
     return spans, filled
 
