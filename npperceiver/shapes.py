@@ -234,10 +234,10 @@ def _layer_steps(add, dims: AttentionDims, config: "PerceiverConfig", scope: str
 
     s = lambda name_id: f"{scope}/{name_id}"  # noqa: E731 - id of a step of this layer
 
-    ln1 = step("layernorm1", f"{a}.layernorm1", "layernorm1", f"LayerNorm({D}) of the latents", (B, N, D),
+    ln1 = step("layernorm1", f"{a}.layernorm1", "layernorm1", f"LayerNorm({D}), latents", (B, N, D),
                ("B", "N", "D"), (hidden,))
     if cross:
-        kv_src = step("layernorm2", f"{a}.layernorm2", "layernorm2", f"LayerNorm({kv}) of the inputs", (B, M, kv),
+        kv_src = step("layernorm2", f"{a}.layernorm2", "layernorm2", f"LayerNorm({kv}), inputs", (B, M, kv),
                       ("B", "M", "C"), (inputs,))
     else:
         kv_src = ln1  # layernorm2 is nn.Identity in self-attention: keys and values read layernorm1's output
@@ -251,26 +251,26 @@ def _layer_steps(add, dims: AttentionDims, config: "PerceiverConfig", scope: str
     step("scores", a, "scores", f"query @ key^T / sqrt({dqk})", (B, H, N, K), ("B", h, "N", k),
          (s("split_query"), s("split_key")))
     if cross:
-        step("inputs_mask", a, "+ inputs_mask", "add the inputs mask (0 or float32 min)", (B, H, N, K),
+        step("inputs_mask", a, "+ inputs_mask", "0 keeps, float32 min drops", (B, H, N, K),
              ("B", h, "N", k), (s("scores"),), mask="inputs_mask", mask_source="masks/inputs_mask",
              note="HF replaces the cross-attention's attention_mask by inputs_mask: the latent mask is ignored")
     else:
-        step("attention_mask", a, "+ attention_mask", "add the latent mask (0 or float32 min)", (B, H, N, K),
+        step("attention_mask", a, "+ attention_mask", "0 keeps, float32 min drops", (B, H, N, K),
              ("B", h, "N", k), (s("scores"),), mask="attention_mask", mask_source="masks/attention_bias")
-    last = step("softmax", a, "softmax", f"softmax over the {k} keys", (B, H, N, K), ("B", h, "N", k),
+    last = step("softmax", a, "softmax", f"over the {k} keys", (B, H, N, K), ("B", h, "N", k),
                 (s("inputs_mask" if cross else "attention_mask"),))
     if not cross:
-        last = step("head_mask", a, f"x head_mask[{layer}]", f"multiply each head's probabilities by row {layer}",
+        last = step("head_mask", a, f"x head_mask[{layer}]", f"row {layer} scales each head",
                     (B, H, N, K), ("B", h, "N", k), (last,), mask=f"head_mask[{layer}]",
                     mask_source="masks/head_mask_5d",
                     note=f"row {layer} in every block" if config.num_blocks > 1 else "")
-    step("context", a, "@ value", f"probabilities @ value", (B, H, N, dv), ("B", h, "N", "dv"),
+    step("context", a, "@ value", "probabilities @ value", (B, H, N, dv), ("B", h, "N", "dv"),
          (last, s("split_value")))
     step("merge_heads", a, "merge heads", f"{H} heads x {dv} -> {v}", (B, N, v), ("B", "N", "v"), (s("context"),))
     last = step("output", f"{module}.attention.output.dense", "output.dense", f"Linear {v} -> {out}",
                 (B, N, out), ("B", "N", "D"), (s("merge_heads"),))
     if dims.use_query_residual:
-        last = step("query_residual", f"{module}.attention", "+ query residual", "add the layer's input (before layernorm1)",
+        last = step("query_residual", f"{module}.attention", "+ query residual", "+ the layer input (before layernorm1)",
                     (B, N, D), ("B", "N", "D"), (last,), residual=hidden)
     attention_output = last
     step("layernorm", f"{module}.layernorm", "layernorm", f"LayerNorm({D})", (B, N, D), ("B", "N", "D"),
@@ -281,7 +281,7 @@ def _layer_steps(add, dims: AttentionDims, config: "PerceiverConfig", scope: str
          (B, N, hid), ("B", "N", "wD"), (s("mlp_dense1"),))
     step("mlp_dense2", f"{module}.mlp.dense2", "mlp.dense2", f"Linear {hid} -> {D}", (B, N, D), ("B", "N", "D"),
          (s("mlp_act"),))
-    return step("residual", module, "+ residual", "add the attention output", (B, N, D), ("B", "N", "D"),
+    return step("residual", module, "+ residual", "+ the attention output", (B, N, D), ("B", "N", "D"),
                 (s("mlp_dense2"),), residual=attention_output)
 
 
