@@ -143,6 +143,11 @@ class _Builder:
         self.edges_into(last)
         if self.masks:
             self.mask_notes()
+        shown: dict[str, list[str]] = {}
+        for step_id, node_id in self.drawn_as.items():
+            shown.setdefault(node_id, []).append(step_id)
+        for node_id, node in list(g.nodes.items()):  # record which steps each node shows
+            g.nodes[node_id] = replace(node, steps=tuple(shown.get(node_id, node.steps)))
         g.validate()
         return g
 
@@ -303,7 +308,8 @@ class _Builder:
             node_id = f"{scope}/input"
             again = self.cfg.num_blocks > 1 and not self.unroll and steps[0].layer == 0
             lines = ("and, in the next application, the block's output",) if again else ()
-            g.add_node(Node(node_id, "tensor", "hidden_states", lines, cluster, module="hidden_states"))
+            g.add_node(Node(node_id, "tensor", "hidden_states", lines, cluster, module="hidden_states",
+                            steps=(hidden,)))
             self.column[node_id] = column
             g.add_edge(Edge(self.drawn_as[hidden], node_id, "data", format_shape(self.by_id[hidden].shape),
                             wrap=self.column.get(self.drawn_as[hidden], column) != column))

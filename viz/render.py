@@ -114,7 +114,7 @@ def to_dot(graph: Graph, legend: bool = True, *, reverse: int = 0, anchors: bool
                     same.node(a)
                     same.node(b)
     if legend:
-        _add_legend(dot)
+        _add_legend(dot, graph)
     return dot.source
 
 
@@ -188,18 +188,23 @@ def _edge_attrs(edge, graph: Graph) -> dict:
     return attrs
 
 
-def _add_legend(dot) -> None:
+def _add_legend(dot, graph: Graph) -> None:
+    """A legend of the node and edge styles that the drawing uses, and only those."""
+    node_kinds = {n.kind for n in graph.nodes.values()}
+    edge_kinds = {("dropped" if e.dropped else e.kind, e.mask if not e.dropped else None) for e in graph.edges}
+    nodes = [row for row in LEGEND_NODES if row[0] in node_kinds]
+    edges = [row for row in LEGEND_EDGES if (row[0], row[1] if row[0] == "mask" else None) in edge_kinds]
     with dot.subgraph(name="cluster_legend") as leg:
         leg.attr(label=_html("legend", (), bold=True, size=10), **{**STYLE["cluster_defaults"],
                                                                     **STYLE["cluster"]["legend"]})
         previous = None
-        for kind, _, text in LEGEND_NODES:
+        for kind, _, text in nodes:
             nid = f"legend/{kind}"
             leg.node(nid, **{**STYLE["node"][kind], "label": _html(kind, (text,), bold=True, size=9)})
             if previous:
                 leg.edge(previous, nid, style="invis")
             previous = nid
-        for i, (kind, mask, text) in enumerate(LEGEND_EDGES):
+        for i, (kind, mask, text) in enumerate(edges):
             a, b = f"legend/edge{i}a", f"legend/edge{i}b"
             attrs = dict(STYLE["edge"][kind])
             if mask is not None:
