@@ -382,4 +382,4 @@ _GROUPS = {"split_query": "query", "split_key": "key", "split_value": "value",
            "mlp_act": "mlp", "mlp_dense2": "mlp"}
 
 #: In the layer-detail drawing, how many layers stack in one column before the flow wraps to the next.
-LAYERS_PER_COLUMN = 7
+LAYERS_PER_COLUMN = 100
