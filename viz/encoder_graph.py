@@ -262,7 +262,7 @@ class _Builder:
         if column is not None:
             self.column[node.id] = column
 
-    def edges_into(self, s: Step, rename: Optional[dict] = None) -> None:
+    def edges_into(self, s: Step, rename: Optional[dict] = None, residuals: bool = True) -> None:
         """Edges into the node showing step ``s``: its data, its residual and (when drawn) its mask.
 
         ``rename`` maps step ids to nodes that stand for them here (a layer's input node). Edges inside
@@ -284,7 +284,7 @@ class _Builder:
         for src in s.inputs:
             edge(src, "mask" if src in MASK_FAMILY else "data", format_shape(self.by_id[src].shape),
                  MASK_FAMILY.get(src))
-        if s.residual is not None:
+        if s.residual is not None and residuals:
             edge(s.residual, "residual")
         if s.mask_source is not None and self.masks:
             edge(s.mask_source, "mask", self.mask_label(s), MASK_FAMILY[s.mask_source])
@@ -370,8 +370,8 @@ class _Builder:
                     module="encoder.cross_attention" if cross else f"encoder.self_attends.{first.layer}")
         for s in steps:
             self.add(s, node, column)
-        for s in steps:
-            self.edges_into(s)
+        for s in steps:  # a layer's residuals add its own input back: inside the box, not drawn
+            self.edges_into(s, residuals=False)
         if not any(self.column.get(n) == column for n in self.g.columns):
             self.g.columns.append(node.id)
 
