@@ -231,7 +231,7 @@ def fill_mask(text: str, weights: "str | None", config_name: str, random_init: b
             click.echo(f"  {position:>5}: {choices}")
 
 
-@main.command("convert-checkpoint")
+@main.command("convert-checkpoint", short_help="Turn a PyTorch checkpoint into .safetensors or .npz.")
 @click.argument("source", type=click.Path(dir_okay=False))
 @click.argument("dest", type=click.Path(dir_okay=False))
 def convert_checkpoint(source: str, dest: str) -> None:
