@@ -20,7 +20,7 @@ from strategies import configs, random_model
 import npperceiver as npp
 from npperceiver.attention import merge_heads, split_heads
 from npperceiver.functional import ACT2FN, layer_norm, linear, softmax
-from npperceiver.shapes import STEP_KINDS, Step, encoder_steps, format_shape
+from npperceiver.shapes import STEP_KINDS, Step, encoder_steps, format_shape, mlm_steps
 
 
 def _param(state: dict, module: str) -> dict:
@@ -29,20 +29,30 @@ def _param(state: dict, module: str) -> dict:
 
 def run_trace(steps: list[Step], model: npp.PerceiverModel, inputs, attention_mask, latent_mask, head_mask):
     """Execute the trace: each step computed from the values of the steps it names. Returns id -> array."""
-    cfg, state = model.config, model.state_dict()
     given_values = {"inputs/inputs": inputs, "masks/attention_mask": attention_mask,
                     "masks/latent_mask": latent_mask, "masks/head_mask": head_mask}
+    return execute(steps, model.config, model.state_dict(), given_values, batch=inputs.shape[0])
+
+
+def execute(steps: list[Step], cfg, state: dict, given_values: dict, batch: int) -> dict:
+    """Run a trace (``encoder_steps`` or ``mlm_steps``) with the weights in ``state`` (HF key names)."""
     v: dict[str, np.ndarray] = {}
     for s in steps:
         x = [v[i] for i in s.inputs]
         what = s.id.rsplit("/", 1)[1]
-        heads = cfg.num_cross_attention_heads if s.scope == "cross" else cfg.num_self_attention_heads
+        heads = {"cross": cfg.num_cross_attention_heads, "decoder": 8}.get(s.scope, cfg.num_self_attention_heads)
         if s.kind in ("input", "mask") and not s.inputs:
-            out = np.asarray(given_values[s.id], np.float32)
+            out = np.asarray(given_values[s.id], np.int64 if s.id == "text/input_ids" else np.float32)
         elif s.kind == "parameter":
             out = state[s.module]
-        elif s.id == "inputs/embeddings":
-            out = np.broadcast_to(x[0], (inputs.shape[0], *x[0].shape))
+        elif s.id in ("inputs/embeddings", "decoder_query/queries"):
+            out = np.broadcast_to(x[0], (batch, *x[0].shape))
+        elif s.id == "text/token_embeddings":
+            out = x[1][x[0]]  # rows of the embedding matrix
+        elif s.id == "text/inputs":
+            out = x[0] + x[1][: x[0].shape[1]]  # position m for token m
+        elif s.id == "embedding_decoder/logits":
+            out = linear(x[0], x[1], x[2])  # the token embedding as the weight
         elif s.module == "invert_attention_mask":
             out = npp.invert_attention_mask(x[0])
         elif s.module == "get_head_mask":
@@ -173,6 +183,94 @@ def test_bad_sizes_are_refused(bad):
         encoder_steps(npp.load_preset("small"), batch=bad)
     with pytest.raises(ValueError, match="seq_len"):
         encoder_steps(npp.load_preset("small"), seq_len=bad)
+
+
+# ---------------------------------------------------------------------------- the masked language model
+MLM_CONFIGS = {
+    "small": {},  # d_model 24: the decoder's 8 heads get 3 channels each
+    "one block, qk/v set, no query residual": dict(num_blocks=1, num_self_attends_per_block=3, qk_channels=16,
+                                                   v_channels=32, use_query_residual=False, d_model=16,
+                                                   num_latents=5, max_position_embeddings=9, vocab_size=40),
+}
+
+
+@pytest.mark.parametrize("name", sorted(MLM_CONFIGS))
+def test_mlm_trace_is_the_masked_lm_forward_pass(name):
+    """Executing ``mlm_steps`` with a real PerceiverForMaskedLM's weights gives its logits and attentions,
+    and every array has the announced shape; the shapes match the model's own outputs."""
+    cfg = npp.PerceiverConfig(**{**npp.load_preset("small").to_dict(), **MLM_CONFIGS[name]})
+    B, M = 2, 5
+    model = npp.PerceiverForMaskedLM.init(cfg, seed=3)
+    rng = np.random.default_rng(0)
+    ids = rng.integers(0, cfg.vocab_size, (B, M))
+    am = np.ones((B, M), np.float32)
+    am[1, 3:] = 0  # the second row is padded
+    hm = rng.random((cfg.num_self_attention_layers, cfg.num_self_attention_heads)).astype(np.float32)
+    steps = mlm_steps(cfg, batch=B, seq_len=M)
+    values = execute(steps, cfg, model.state_dict(),
+                     {"text/input_ids": ids, "masks/attention_mask": am, "masks/head_mask": hm}, batch=B)
+    wrong = {s.id: (s.shape, values[s.id].shape) for s in steps if tuple(values[s.id].shape) != s.shape}
+    assert not wrong, wrong
+
+    out = model(ids, attention_mask=am, head_mask=hm, output_attentions=True, output_hidden_states=True)
+    P, V, N, D = cfg.max_position_embeddings, cfg.vocab_size, cfg.num_latents, cfg.d_latents
+    by_id = {s.id: s for s in steps}
+    assert by_id["output/logits"].shape == out.logits.shape == (B, P, V)
+    np.testing.assert_allclose(values["output/logits"], out.logits, rtol=1e-4, atol=1e-4)
+    assert by_id["output/last_hidden_state"].shape == out.hidden_states[-1].shape == (B, N, D)
+    # Encoder self-attention probabilities, then the two cross-attentions: encoder (B, Hc, N, M), decoder.
+    probs = [s for s in steps if s.kind == "op" and s.id.endswith("/head_mask")]
+    assert [s.shape for s in probs] == [a.shape for a in out.attentions]
+    for s, theirs in zip(probs, out.attentions):
+        np.testing.assert_allclose(values[s.id], theirs, rtol=1e-5, atol=1e-6)
+    assert [by_id["cross/softmax"].shape, by_id["decoder/softmax"].shape] == [a.shape for a in out.cross_attentions]
+    assert by_id["decoder/softmax"].shape == (B, 8, P, N)
+    np.testing.assert_allclose(values["decoder/softmax"], out.cross_attentions[1], rtol=1e-5, atol=1e-6)
+    # The hidden states the model returns are the block inputs and outputs the trace passes through.
+    assert all(h.shape == (B, N, D) for h in out.hidden_states)
+
+
+def test_mlm_trace_structure():
+    cfg = npp.load_preset("language-perceiver")
+    steps = mlm_steps(cfg, seq_len=2048)
+    by_id = {s.id: s for s in steps}
+    # The preprocessor feeds the encoder; the decoder's queries do not depend on the input.
+    assert "inputs/inputs" not in by_id
+    assert by_id["cross/layernorm2"].inputs == ("text/inputs",)
+    assert by_id["text/inputs"].shape == ("B", 2048, 768)
+    assert len(by_id) == len(steps)  # ids are unique
+    assert by_id["decoder_query/queries"].inputs == ("decoder_query/output_position_encodings",)
+    assert by_id["decoder_query/queries"].shape == ("B", 2048, 768)
+    assert by_id["decoder/layernorm1"].inputs == ("decoder_query/queries",)
+    # The decoder: 8 heads, query/key 256 (32 per head), value d_model, keys and values from the latents.
+    assert by_id["decoder/split_query"].shape == ("B", 8, 2048, 32)
+    assert by_id["decoder/split_value"].shape == ("B", 8, 256, 96)
+    assert by_id["decoder/key"].inputs == ("decoder/layernorm2",)
+    assert by_id["decoder/layernorm2"].inputs == ("output/last_hidden_state",)
+    assert "decoder/query_residual" not in by_id and "query_mask" in by_id["decoder/softmax"].note
+    # Masks: the padding mask in the encoder's cross-attention only; head_mask in every self-attention layer;
+    # no latent mask and nothing in the decoder.
+    assert [(s.scope, s.mask) for s in steps if s.mask][:2] == [("cross", "inputs_mask"),
+                                                               ("block0/self0", "head_mask[0]")]
+    assert not any(s.mask for s in steps if s.scope == "decoder")
+    assert "masks/latent_mask" not in by_id and not any(s.mask == "attention_mask" for s in steps)
+    # The token embedding is read twice: looked up, and transposed by the embedding decoder.
+    assert [s.id for s in steps if "text/embeddings" in s.inputs] == ["text/token_embeddings",
+                                                                      "embedding_decoder/logits"]
+    assert by_id["embedding_decoder/logits"].shape == ("B", 2048, 262)
+    # HF module paths
+    assert by_id["cross/query"].module == "perceiver.encoder.cross_attention.attention.self.query"
+    assert by_id["decoder/output"].module == "perceiver.decoder.decoding_cross_attention.attention.output.dense"
+    assert by_id["inputs/latents"].module == "perceiver.embeddings.latents"
+
+
+def test_mlm_trace_refuses_unsuitable_configs():
+    cfg = npp.load_preset("small")
+    with pytest.raises(ValueError, match="d_model divisible by 8"):
+        mlm_steps(npp.PerceiverConfig(**{**cfg.to_dict(), "d_model": 20}))
+    with pytest.raises(ValueError, match="max_position_embeddings = 64"):
+        mlm_steps(cfg, seq_len=65)
+    assert mlm_steps(cfg, seq_len=64)[-1].shape == ("B", 64, 262)
 
 
 # ---------------------------------------------------------------------------- HF itself
