@@ -20,6 +20,8 @@ from .model import PerceiverModel, PerceiverModelOutput
 from .presets import available_presets, load_preset
 from .shapes import AttentionDims
 from .weights import load_weights, param_shapes, save_weights
+from .text import PerceiverForMaskedLM, PerceiverMaskedLMOutput, mlm_param_shapes
+from .tokenizer import PerceiverTokenizer
 
 __version__ = "0.1.0"
 
@@ -29,4 +31,5 @@ __all__ = [
     "load_weights", "param_shapes", "perceiver_attention", "perceiver_encoder", "perceiver_layer",
     "perceiver_mlp", "perceiver_self_attention", "save_weights", "scaled_dot_product_attention",
     "__version__",
+    "PerceiverForMaskedLM", "PerceiverMaskedLMOutput", "PerceiverTokenizer", "mlm_param_shapes",
 ]

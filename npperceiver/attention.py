@@ -147,7 +147,7 @@ def perceiver_self_attention(
 
     hidden_states: shape (B, Q, q_dim) -- the latents. inputs: shape (B, K, kv_dim) for cross-attention,
     or None for self-attention. HF QUIRK: a cross-attention ignores ``attention_mask`` and uses
-    ``inputs_mask`` instead (line 206); a self-attention uses ``attention_mask``.
+    ``inputs_mask`` instead (line 204); a self-attention uses ``attention_mask``.
     Returns the merged context (B, Q, v) and the attention probabilities (B, H, Q, K) -- or None in
     their place with ``output_attentions=False``, which saves a pass over the scores.
     ``inputs_chunk_size`` (cross-attention only) streams over the inputs that many at a time

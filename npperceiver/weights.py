@@ -18,6 +18,7 @@ from __future__ import annotations
 import json
 import os
 import struct
+import zipfile
 from typing import TYPE_CHECKING, Any, Iterator, Mapping
 
 import numpy as np
@@ -101,12 +102,17 @@ def flatten(params: Mapping[str, Any], prefix: str = "") -> Iterator[tuple[str, 
 
 
 # ---------------------------------------------------------------------------- init and loading
-def init_params(config: "PerceiverConfig", rng: np.random.Generator) -> dict:
+def init_params(
+    config: "PerceiverConfig", rng: np.random.Generator, shapes: "Mapping[str, tuple[int, ...]] | None" = None
+) -> dict:
     """HF ``PerceiverPreTrainedModel._init_weights``: latents and Linear weights ~ N(0, initializer_range),
-    Linear biases 0, LayerNorm weight 1 and bias 0. All float32."""
+    Linear biases 0, LayerNorm weight 1 and bias 0. All float32.
+
+    ``shapes`` (default :func:`param_shapes`) lets a task model with more parameters use the same rules
+    (embeddings and position encodings ~ N(0, initializer_range), other biases 0)."""
     std = np.float32(config.initializer_range)
     flat = {}
-    for key, shape in param_shapes(config).items():
+    for key, shape in (param_shapes(config) if shapes is None else shapes).items():
         if ".layernorm" in key:
             flat[key] = np.ones(shape, np.float32) if key.endswith("weight") else np.zeros(shape, np.float32)
         elif key.endswith("bias"):
@@ -127,9 +133,17 @@ def params_from_state_dict(
     """
     if not isinstance(state_dict, Mapping):
         raise ValueError(f"state_dict must be a mapping of names to arrays, got {type(state_dict).__name__}")
-    expected = param_shapes(config)
     if any(k.startswith(PREFIX) for k in state_dict):
         state_dict = {k[len(PREFIX):] if k.startswith(PREFIX) else k: v for k, v in state_dict.items()}
+    return params_from_shapes(param_shapes(config), state_dict, strict=strict)
+
+
+def params_from_shapes(
+    expected: Mapping[str, tuple[int, ...]], state_dict: Mapping[str, Any], strict: bool = True
+) -> dict:
+    """Check a state dict against ``{key: shape}`` (keys used as they are) and return float32 nested params."""
+    if not isinstance(state_dict, Mapping):
+        raise ValueError(f"state_dict must be a mapping of names to arrays, got {type(state_dict).__name__}")
     missing = [k for k in expected if k not in state_dict]
     unexpected = [k for k in state_dict if k not in expected]
     flat, wrong = {}, []
@@ -164,7 +178,7 @@ def load_weights(path: "str | os.PathLike[str]") -> dict[str, np.ndarray]:
         try:
             with np.load(path, allow_pickle=False) as data:
                 return {k: data[k] for k in data.files}
-        except (OSError, ValueError) as e:
+        except (OSError, ValueError, EOFError, zipfile.BadZipFile) as e:  # a damaged zip is not an OSError
             if not os.path.exists(path):
                 raise ValueError(f"weight file {path} does not exist") from None
             raise ValueError(f"{path} is not a readable .npz file: {e}") from None

@@ -1,0 +1,378 @@
+"""The text path: Perceiver IO masked language modelling, from byte ids to logits over bytes.
+
+Jaegle et al., "Perceiver IO: A General Architecture for Structured Inputs & Outputs" (2021), section 4.1:
+the language model reads raw UTF-8 bytes and, through learned output queries, predicts a byte for every
+position. Mirrors HF ``PerceiverForMaskedLM`` and the modules it is built from
+(``modeling_perceiver.py``, transformers 4.57.6): ``PerceiverTextPreprocessor`` (lines 2718-2752),
+``PerceiverTrainablePositionEncoding`` (2583-2636), ``PerceiverBasicDecoder`` (1922-2105),
+``PerceiverEmbeddingDecoder`` (2755-2772) and ``PerceiverForMaskedLM`` itself (859-989)::
+
+    input_ids (B, M)
+      -> text preprocessor: token embedding + position embedding              (B, M, C)
+      -> the Perceiver encoder (``PerceiverModel``): latents                  (B, N, D)
+    output queries: learned position encodings, the same for every input     (B, P, C)
+      -> decoding cross-attention, queries attend to the latents              (B, P, C)
+      -> embedding decoder: (B, P, C) @ token-embedding^T + bias              (B, P, V)
+
+Dimension letters as elsewhere (B, M, C, N, D, H), plus P = ``max_position_embeddings`` (positions, and
+output queries) and V = ``vocab_size`` (262: 6 special tokens + 256 bytes).
+
+HF QUIRKS reproduced here (each one is tested against HF):
+
+* The output queries do not depend on the input: logits always have shape (B, P, V), whatever M is;
+  predictions for position i are read at ``logits[:, i]``, positions M..P-1 included.
+* The decoder ignores the input padding mask. ``PerceiverModel`` hands the inverted ``attention_mask`` to
+  the decoder as ``query_mask``, which passes it to its cross-attention as ``attention_mask``; a
+  cross-attention uses ``inputs_mask`` instead (``None`` here), so **no mask reaches the decoder**. This
+  is harmless: the decoder attends to the latents, never to the (padded) inputs.
+* The decoding cross-attention has 8 heads and query/key width 256 (``8 * 32``) whatever the config says,
+  value width ``d_model`` and no query residual; so ``d_model`` must be divisible by 8.
+* There is no output embedding matrix: logits are made with the *input* token embedding (tied by use).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Mapping, Optional
+
+import numpy as np
+
+from .attention import Params
+from .config import PerceiverConfig
+from .functional import linear, softmax
+from .layers import perceiver_layer
+from .masks import check_keep_mask, invert_attention_mask
+from .model import PerceiverModel
+from .shapes import AttentionDims
+from .tokenizer import MASK_ID
+from .weights import PREFIX, _layer_shapes, flatten, init_params, param_shapes, params_from_shapes
+
+#: HF ``PerceiverForMaskedLM``: the decoding cross-attention's head count and query/key width, fixed.
+MLM_DECODER_HEADS = 8
+MLM_DECODER_QK_CHANNELS = 8 * 32
+#: Labels equal to this are left out of the loss (``torch.nn.CrossEntropyLoss``'s ``ignore_index``).
+IGNORE_INDEX = -100
+
+
+# ---------------------------------------------------------------------- sizes and parameter names
+def decoder_attention_dims(config: PerceiverConfig) -> AttentionDims:
+    """Widths of the MLM's decoding cross-attention (HF ``PerceiverBasicDecoder.decoding_cross_attention``):
+    queries of width C attend to latents of width D; qk 256, v = C, 8 heads, output C, MLP C -> C -> C."""
+    C = config.d_model
+    return AttentionDims(
+        is_cross=True, num_heads=MLM_DECODER_HEADS, q_dim=C, kv_dim=config.d_latents,
+        qk_channels=MLM_DECODER_QK_CHANNELS, v_channels=C, output_channels=C,
+        widening_factor=1, use_query_residual=False,
+    )
+
+
+def check_mlm_config(config: PerceiverConfig) -> None:
+    """What ``PerceiverForMaskedLM`` needs beyond a valid encoder config: ``d_model`` divisible by 8."""
+    if not isinstance(config, PerceiverConfig):
+        raise ValueError(f"config must be a PerceiverConfig, got {type(config).__name__}")
+    if config.d_model % MLM_DECODER_HEADS:
+        raise ValueError(
+            f"PerceiverForMaskedLM needs d_model divisible by {MLM_DECODER_HEADS} (its decoder splits the "
+            f"value width d_model over {MLM_DECODER_HEADS} heads), got d_model={config.d_model}"
+        )
+
+
+def mlm_param_shapes(config: PerceiverConfig) -> dict[str, tuple[int, ...]]:
+    """Every parameter of HF ``PerceiverForMaskedLM(config)``, by state-dict key, in HF order."""
+    C, P, V = config.d_model, config.max_position_embeddings, config.vocab_size
+    shapes = {
+        f"{PREFIX}input_preprocessor.embeddings.weight": (V, C),
+        f"{PREFIX}input_preprocessor.position_embeddings.weight": (P, C),
+    }
+    shapes.update({PREFIX + key: shape for key, shape in param_shapes(config).items()})  # the encoder
+    shapes[f"{PREFIX}decoder.output_position_encodings.position_embeddings"] = (P, C)
+    shapes.update(_layer_shapes(f"{PREFIX}decoder.decoding_cross_attention", decoder_attention_dims(config)))
+    shapes["embedding_decoder.bias"] = (V,)
+    return shapes
+
+
+# ---------------------------------------------------------------------- the pieces, bottom up
+def text_preprocessor(params: Params, input_ids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """HF ``PerceiverTextPreprocessor.forward``: token embedding plus learned position embedding.
+
+    params: ``{"embeddings": {"weight": (V, C)}, "position_embeddings": {"weight": (P, C)}}``.
+    input_ids: integers in [0, V), shape (B, M) with M <= P.
+    Returns the encoder inputs (B, M, C) and the embeddings without positions (B, M, C).
+    """
+    positions = params["position_embeddings"]["weight"]  # (P, C)
+    M = input_ids.shape[1]
+    if M > positions.shape[0]:
+        raise ValueError(
+            f"input_ids has {M} tokens but the model has only max_position_embeddings={positions.shape[0]} "
+            f"positions; truncate the text (tokenizer(..., truncation=True, max_length={positions.shape[0]}))"
+        )
+    tokens = params["embeddings"]["weight"][input_ids]  # (V, C)[(B, M)] -> (B, M, C)
+    return tokens + positions[:M], tokens  # (B, M, C) + (M, C): position m for token m
+
+
+def trainable_position_encoding(position_embeddings: np.ndarray, batch_size: int) -> np.ndarray:
+    """HF ``PerceiverTrainablePositionEncoding.forward``: the learned (P, C) table, the same for each row.
+
+    Returns a read-only broadcast view (B, P, C).
+    """
+    return np.broadcast_to(position_embeddings, (batch_size, *position_embeddings.shape))  # (P, C) -> (B, P, C)
+
+
+def decoder_query(params: Params, batch_size: int) -> np.ndarray:
+    """HF ``PerceiverBasicDecoder.decoder_query`` with trainable position encodings and no projection.
+
+    The queries are the position encodings alone: they depend on nothing in the input, not even its
+    length M. params: the ``decoder`` sub-tree. Returns (B, P, C).
+    """
+    return trainable_position_encoding(params["output_position_encodings"]["position_embeddings"], batch_size)
+
+
+def perceiver_basic_decoder(
+    params: Params,
+    query: np.ndarray,
+    z: np.ndarray,
+    query_mask: Optional[np.ndarray] = None,
+    num_heads: int = MLM_DECODER_HEADS,
+    use_query_residual: bool = False,
+    hidden_act: str = "gelu",
+) -> tuple[np.ndarray, np.ndarray]:
+    """HF ``PerceiverBasicDecoder.forward`` as the MLM builds it (``final_project=False``).
+
+    query: (B, P, C), the output queries; z: (B, N, D), the encoder's latents.
+    HF QUIRK: ``query_mask`` is accepted and dropped, as in HF. It reaches the cross-attention as its
+    ``attention_mask``, which a cross-attention replaces with its ``inputs_mask`` -- ``None`` here -- so
+    the decoder attends to every latent whatever the mask. Passing it anyway keeps HF's call as it is.
+    Returns the decoder output (B, P, C) (``final_layer`` is the identity) and the attention
+    probabilities (B, H, P, N).
+    """
+    return perceiver_layer(
+        params["decoding_cross_attention"], query, num_heads, use_query_residual=use_query_residual,
+        hidden_act=hidden_act, attention_mask=query_mask, head_mask=None, inputs=z, inputs_mask=None,
+    )  # (B, P, C), (B, H, P, N)
+
+
+def embedding_decoder(hidden_states: np.ndarray, embedding_weight: np.ndarray, bias: np.ndarray) -> np.ndarray:
+    """HF ``PerceiverEmbeddingDecoder.forward``: ``logits = hidden_states @ E.T + bias``.
+
+    A Linear layer whose weight is the input token embedding E (V, C): hidden_states (B, P, C) ->
+    logits (B, P, V). ``bias`` (V,) is the decoder's only parameter.
+    """
+    return linear(hidden_states, embedding_weight, bias)  # (B, P, C) @ (C, V) + (V,) -> (B, P, V)
+
+
+def masked_lm_loss(logits: np.ndarray, labels: np.ndarray) -> np.float32:
+    """HF's MLM loss: ``CrossEntropyLoss()(logits.view(-1, V), labels.view(-1))``.
+
+    The mean, over every position whose label is not -100, of ``-log softmax(logits)[label]``.
+    logits (B, P, V) float32, labels (B, P) integers. HF QUIRK: with every label -100 the mean is over
+    nothing and the loss is NaN, as torch returns.
+    """
+    V = logits.shape[-1]
+    logits, labels = logits.reshape(-1, V), labels.reshape(-1)  # (B, P, V) -> (B*P, V); (B, P) -> (B*P,)
+    keep = labels != IGNORE_INDEX  # (B*P,)
+    if not keep.any():
+        return np.float32(np.nan)
+    logits, labels = logits[keep], labels[keep]  # (K, V), (K,)
+    shifted = logits - logits.max(axis=-1, keepdims=True)  # (K, V), max-shifted: exp cannot overflow
+    log_z = np.log(np.exp(shifted).sum(axis=-1))  # (K,) log of the softmax denominator
+    picked = np.take_along_axis(shifted, labels[:, None], axis=-1)[:, 0]  # (K, V) -> (K,) the label's score
+    return np.float32((log_z - picked).mean())
+
+
+# ---------------------------------------------------------------------- the model
+@dataclass
+class PerceiverMaskedLMOutput:
+    """HF ``PerceiverMaskedLMOutput``. ``logits`` (B, P, V) always; ``loss`` when labels are given;
+    ``hidden_states`` (num_blocks * (S + 1) entries (B, N, D)) and ``attentions`` (L entries (B, Hs, N, N))
+    of the encoder when asked for; ``cross_attentions`` = (encoder (B, Hc, N, M), decoder (B, 8, P, N))."""
+
+    loss: Optional[np.float32] = None
+    logits: Optional[np.ndarray] = None
+    hidden_states: Optional[tuple[np.ndarray, ...]] = None
+    attentions: Optional[tuple[np.ndarray, ...]] = None
+    cross_attentions: Optional[tuple[np.ndarray, ...]] = None
+
+
+class PerceiverForMaskedLM:
+    """The Perceiver IO byte-level masked language model (HF ``PerceiverForMaskedLM``).
+
+    Build it with :meth:`init` (random, HF-style) or :meth:`from_state_dict` (HF weights, keys as HF's
+    ``PerceiverForMaskedLM.state_dict()``), then call it on token ids from :class:`PerceiverTokenizer`.
+    ``params`` is a nested dict laid out like HF's module tree: ``params["perceiver"]["input_preprocessor"]``,
+    ``["embeddings"]``, ``["encoder"]``, ``["decoder"]`` and ``params["embedding_decoder"]``.
+    ``self.perceiver`` is the encoder, a :class:`PerceiverModel` sharing these arrays (HF's
+    ``model.perceiver`` also holds the preprocessor and decoder).
+    """
+
+    def __init__(self, config: PerceiverConfig, params: dict) -> None:
+        check_mlm_config(config)
+        self.config = config
+        self.params = params
+        self.perceiver = PerceiverModel(config, params["perceiver"])
+
+    # ------------------------------------------------------------------ construction
+    @classmethod
+    def init(cls, config: PerceiverConfig, seed: int = 0) -> "PerceiverForMaskedLM":
+        """A model with HF-style random weights drawn from ``np.random.default_rng(seed)``: Linear weights,
+        embeddings, latents and position encodings ~ N(0, initializer_range), biases 0, LayerNorms 1 and 0."""
+        check_mlm_config(config)
+        rng = np.random.default_rng(seed)
+        return cls(config, init_params(config, rng, shapes=mlm_param_shapes(config)))
+
+    @classmethod
+    def from_state_dict(
+        cls, config: PerceiverConfig, state_dict: Mapping[str, Any], strict: bool = True
+    ) -> "PerceiverForMaskedLM":
+        """Load HF weights, keys as in ``PerceiverForMaskedLM.state_dict()`` (``perceiver.`` prefixes and
+        ``embedding_decoder.bias``); e.g. ``load_weights("model.safetensors")``. Missing, unexpected (unless
+        ``strict=False``) or wrongly shaped tensors raise a ``ValueError`` listing every one of them."""
+        check_mlm_config(config)
+        return cls(config, params_from_shapes(mlm_param_shapes(config), state_dict, strict=strict))
+
+    def state_dict(self) -> dict[str, np.ndarray]:
+        """HF key names -> the model's arrays (not copies), in HF order."""
+        flat = dict(flatten(self.params))
+        return {k: flat[k] for k in mlm_param_shapes(self.config)}
+
+    # ------------------------------------------------------------------ forward
+    def __call__(
+        self,
+        input_ids: Any,
+        attention_mask: Optional[Any] = None,
+        head_mask: Optional[Any] = None,
+        labels: Optional[Any] = None,
+        output_attentions: bool = False,
+        output_hidden_states: bool = False,
+    ) -> PerceiverMaskedLMOutput:
+        """Predict a byte for each of the P output positions -- HF ``PerceiverForMaskedLM.forward``.
+
+        Parameters
+        ----------
+        input_ids : integers in [0, vocab_size), shape (B, M) with M <= max_position_embeddings.
+        attention_mask : shape (B, M), 1 keeps a token, 0 drops it (padding); used by the encoder's
+            cross-attention only (see the module docstring).
+        head_mask : shape (Hs,) or (L, Hs); multiplies the encoder's self-attention probabilities
+            (transformers 4.x semantics, see ``masks.py``). The decoder never gets one.
+        labels : integers, shape (B, P) with P = max_position_embeddings; -100 leaves a position out of the
+            loss. The loss is the mean cross-entropy over the other positions.
+        output_attentions, output_hidden_states : also return the probabilities / the encoder's latents.
+        """
+        cfg = self.config
+        input_ids = _check_input_ids(input_ids, cfg.vocab_size, cfg.max_position_embeddings)  # (B, M) int64
+        B, M = input_ids.shape
+        if labels is not None:
+            labels = _check_labels(labels, (B, cfg.max_position_embeddings), cfg.vocab_size)  # (B, P) int64
+        perceiver = self.params["perceiver"]
+
+        inputs, _ = text_preprocessor(perceiver["input_preprocessor"], input_ids)  # (B, M) -> (B, M, C)
+        encoded = self.perceiver(
+            inputs, attention_mask=attention_mask, head_mask=head_mask,
+            output_attentions=output_attentions, output_hidden_states=output_hidden_states,
+        )  # latents (B, N, D)
+
+        # HF hands the inverted input mask to the decoder as query_mask, which drops it (see docstrings).
+        query_mask = None
+        if attention_mask is not None:
+            query_mask = invert_attention_mask(check_keep_mask(attention_mask, "attention_mask", (B, M), "(B, M)"))
+        query = decoder_query(perceiver["decoder"], B)  # (P, C) -> (B, P, C)
+        decoded, decoder_probs = perceiver_basic_decoder(
+            perceiver["decoder"], query, encoded.last_hidden_state, query_mask=query_mask,
+            hidden_act=cfg.hidden_act,
+        )  # (B, P, C), (B, 8, P, N)
+        logits = embedding_decoder(
+            decoded, perceiver["input_preprocessor"]["embeddings"]["weight"], self.params["embedding_decoder"]["bias"]
+        )  # (B, P, C) -> (B, P, V)
+
+        loss = masked_lm_loss(logits, labels) if labels is not None else None
+        cross_attentions = encoded.cross_attentions + (decoder_probs,) if output_attentions else None
+        return PerceiverMaskedLMOutput(loss, logits, encoded.hidden_states, encoded.attentions, cross_attentions)
+
+
+# ---------------------------------------------------------------------- fill-mask
+@dataclass(frozen=True)
+class MaskedSpan:
+    """One maximal run of ``[MASK]`` tokens in a sequence, and the model's predictions for it."""
+
+    start: int  # first masked position, counted in input_ids ([CLS] is position 0)
+    stop: int  # one past the last masked position
+    top_ids: np.ndarray  # (stop - start, k) the k most likely ids at each position, best first
+    top_probs: np.ndarray  # (stop - start, k) their probabilities (softmax over the vocabulary)
+
+    @property
+    def greedy_ids(self) -> np.ndarray:
+        """The most likely id at each position, shape (stop - start,)."""
+        return self.top_ids[:, 0]
+
+
+def masked_spans(input_ids: Any) -> list[tuple[int, int]]:
+    """``(start, stop)`` of every maximal run of ``[MASK]`` (id 3) in a 1-D sequence of ids."""
+    is_mask = np.asarray(input_ids) == MASK_ID  # (M,)
+    edges = np.diff(np.concatenate([[0], is_mask.astype(np.int8), [0]]))  # (M + 1,): +1 opens a run, -1 closes it
+    return list(zip(np.flatnonzero(edges == 1).tolist(), np.flatnonzero(edges == -1).tolist()))
+
+
+def fill_mask(model: PerceiverForMaskedLM, input_ids: Any, top_k: int = 5) -> tuple[list[MaskedSpan], np.ndarray]:
+    """Predict every ``[MASK]`` of one sequence, as HF's fill-mask example does.
+
+    input_ids: 1-D, e.g. ``PerceiverTokenizer()(text)["input_ids"]`` (HF's example pads to
+    ``max_length`` with an attention mask; padding is inert, so it is not needed here).
+    Returns the masked spans with the ``top_k`` predictions at each position, and ``input_ids`` with every
+    ``[MASK]`` replaced by its most likely id (greedy: ``logits[0, i].argmax()`` in HF's example).
+    """
+    ids = np.asarray(input_ids)
+    if ids.ndim != 1:
+        raise ValueError(f"input_ids must be one sequence, shape (M,), got {ids.shape}")
+    if isinstance(top_k, bool) or not isinstance(top_k, int) or not 1 <= top_k <= model.config.vocab_size:
+        raise ValueError(f"top_k must be an integer in [1, vocab_size={model.config.vocab_size}], got {top_k!r}")
+    logits = model(ids[None]).logits[0]  # (1, M) -> (1, P, V) -> (P, V)
+    spans, filled = [], ids.astype(np.int64).copy()
+    for start, stop in masked_spans(ids):
+        probs = softmax(logits[start:stop], axis=-1)  # (K, V), K masked positions
+        top = np.argsort(-probs, axis=-1, kind="stable")[:, :top_k]  # (K, V) -> (K, k), best first
+        top_probs = np.take_along_axis(probs, top, axis=-1)  # (K, V) -> (K, k), the probabilities of `top`
+        spans.append(MaskedSpan(start, stop, top, top_probs))
+        filled[start:stop] = top[:, 0]
+    return spans, filled
+
+
+# ---------------------------------------------------------------------- input checks
+def _check_int_array(value: Any, name: str) -> np.ndarray:
+    arr = np.asarray(value)
+    if arr.dtype == bool or not np.issubdtype(arr.dtype, np.integer):
+        raise ValueError(f"{name} must be integers, got dtype {arr.dtype}")
+    return arr.astype(np.int64, copy=False)
+
+
+def _check_input_ids(input_ids: Any, vocab_size: int, max_positions: int) -> np.ndarray:
+    """input_ids as int64 (B, M), each in [0, vocab_size), 1 <= M <= max_position_embeddings."""
+    arr = _check_int_array(input_ids, "input_ids")
+    if arr.ndim != 2 or arr.shape[0] == 0 or arr.shape[1] == 0:
+        raise ValueError(
+            f"input_ids must have shape (B, M) = (batch, tokens) with B, M >= 1, got {arr.shape}"
+            + (" (wrap a single sequence in a list: [ids])" if arr.ndim == 1 else "")
+        )
+    if arr.shape[1] > max_positions:
+        raise ValueError(
+            f"input_ids has {arr.shape[1]} tokens but the model accepts at most max_position_embeddings="
+            f"{max_positions}; truncate the text (tokenizer(..., truncation=True, max_length={max_positions}))"
+        )
+    bad = (arr < 0) | (arr >= vocab_size)
+    if bad.any():
+        raise ValueError(f"input_ids must lie in [0, vocab_size={vocab_size}), found {int(arr[bad][0])}")
+    return arr
+
+
+def _check_labels(labels: Any, shape: tuple[int, int], vocab_size: int) -> np.ndarray:
+    """labels as int64 (B, P), each in [0, vocab_size) or -100."""
+    arr = _check_int_array(labels, "labels")
+    if arr.shape != shape:
+        raise ValueError(
+            f"labels must have shape (B, P) = {shape} with P = max_position_embeddings (the model predicts "
+            f"every position), got {arr.shape}; pad them with {IGNORE_INDEX} to leave positions out of the loss"
+        )
+    bad = ((arr < 0) | (arr >= vocab_size)) & (arr != IGNORE_INDEX)
+    if bad.any():
+        raise ValueError(
+            f"labels must lie in [0, vocab_size={vocab_size}) or be {IGNORE_INDEX}, found {int(arr[bad][0])}"
+        )
+    return arr

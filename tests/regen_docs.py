@@ -1,0 +1,58 @@
+"""Command output quoted in docs/ is generated, never typed: find it, run it, rewrite it.
+
+In a page, a block of command output is marked like this::
+
+    <!-- output of: npperceiver explain --config small --batch 2 --seq-len 5 -->
+    ```text
+    ...the command's standard output...
+    ```
+
+``tests/test_docs.py`` checks every such block against the command's real output; after a change on
+purpose, ``python -m tests.regen_docs`` (from the repository root) rewrites them.
+"""
+
+from __future__ import annotations
+
+import re
+import shlex
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+BLOCK = re.compile(r"(<!-- output of: (?P<cmd>.+?) -->\n```text\n)(?P<body>.*?)(```)", re.S)
+
+
+def run_command(command: str) -> str:
+    """Standard output of an ``npperceiver ...`` command line, run in-process."""
+    from click.testing import CliRunner
+
+    sys.path.insert(0, str(ROOT))
+    from cli import main
+
+    args = shlex.split(command)
+    if args[:1] != ["npperceiver"]:
+        raise ValueError(f"generated blocks must run an npperceiver command, got {command!r}")
+    result = CliRunner().invoke(main, args[1:], prog_name="npperceiver", terminal_width=100)
+    if result.exit_code != 0:
+        raise RuntimeError(f"{command!r} exited with {result.exit_code}: {result.output}")
+    return result.stdout
+
+
+def blocks(text: str):
+    """``(command, quoted output)`` for every generated block of a page."""
+    return [(m["cmd"], m["body"]) for m in BLOCK.finditer(text)]
+
+
+def regenerate(path: Path) -> bool:
+    """Rewrite the generated blocks of one page; True if anything changed."""
+    text = path.read_text(encoding="utf-8")
+    new = BLOCK.sub(lambda m: m[1] + run_command(m["cmd"]) + m[4], text)
+    if new != text:
+        path.write_text(new, encoding="utf-8")
+    return new != text
+
+
+if __name__ == "__main__":
+    for page in sorted((ROOT / "docs").glob("*.md")):
+        if regenerate(page):
+            print(f"updated {page.relative_to(ROOT)}")
