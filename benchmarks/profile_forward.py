@@ -42,6 +42,7 @@ GROUPS = {
 }
 
 
+HELPERS = {"row_sum"}  # npperceiver helpers charged to their callers, like numpy's own
 OTHER = "other (residuals, head split/merge, query scaling, Python)"
 
 
@@ -52,6 +53,21 @@ def config_and_size(name: str, image_blocks: int) -> tuple[npp.PerceiverConfig, 
                                    num_cross_attention_heads=1), 1, 224 * 224
     preset = {"small": "small", "language": "language-perceiver"}[name]
     return npp.load_preset(preset), *{"small": (2, 128), "language": (1, 2048)}[name]
+
+
+def _owners(stats: dict, key: tuple, seconds: float, depth: int = 0) -> dict[str, float]:
+    """Charge a function's own time to the nearest npperceiver function up its call chain: numpy's
+    Python-level helpers (``mean``, ``einsum``, ...) count as work of the npperceiver function using them."""
+    file, _, func = key
+    if ("npperceiver" in file and func not in HELPERS) or depth > 5 or key not in stats:
+        return {func: seconds}
+    callers = stats[key][4]  # caller key -> (calls, ncalls, tottime, cumtime) on behalf of that caller
+    own = sum(timing[2] for timing in callers.values()) or 1.0
+    out: dict[str, float] = {}
+    for caller, timing in callers.items():
+        for owner, s in _owners(stats, caller, seconds * timing[2] / own, depth + 1).items():
+            out[owner] = out.get(owner, 0.0) + s
+    return out
 
 
 def profile(model, x, chunk, runs: int, clock) -> dict[str, float]:
@@ -65,13 +81,9 @@ def profile(model, x, chunk, runs: int, clock) -> dict[str, float]:
     stats = pstats.Stats(prof).stats  # (file, line, name) -> (calls, ncalls, tottime, cumtime, callers)
     shares: dict[str, float] = {}
     total = 0.0
-    for (file, _, func), (_, _, tottime, _, callers) in stats.items():
+    for key, (_, _, tottime, _, _) in stats.items():
         total += tottime
-        if "npperceiver" in file:
-            owners = {func: tottime}
-        else:  # a numpy function or method (mean, sum, einsum, ...): charge it to whoever called it
-            owners = {caller[2]: timing[2] for caller, timing in callers.items()}
-        for owner, seconds in owners.items():
+        for owner, seconds in _owners(stats, key, tottime).items():
             group = GROUPS.get(owner, OTHER)
             shares[group] = shares.get(group, 0.0) + seconds / runs
     shares["total"] = total / runs
