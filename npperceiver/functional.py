@@ -118,38 +118,40 @@ def _polynomial(t: np.ndarray, coefficients: tuple) -> np.ndarray:
     return result
 
 
-def erf(x: np.ndarray, out: Optional[np.ndarray] = None) -> np.ndarray:
-    """The error function, vectorised, in the dtype of ``x`` (float32 accuracy).
-
-    ``x P(x^2) / Q(x^2)`` on the clamped input; ``out`` (may be ``x``) receives the result.
-    """
-    z = np.maximum(x, _MINUS_FOUR, out=out)  # clamp to [-4, 4]: erf(+-4) == +-1 to float32 precision
-    np.minimum(z, _FOUR, out=z)
+def _clamped_rational(x: np.ndarray, numerator_coefficients: tuple, out: Optional[np.ndarray]) -> np.ndarray:
+    """``z P(z^2) / Q(z^2)`` with z = x clamped to [-4, 4]: erf's rational form, written into ``out``."""
+    z = x.clip(_MINUS_FOUR, _FOUR, out=out)  # erf(+-4) == +-1 to float32 precision; one pass
     z2 = z * z
-    numerator = _polynomial(z2, _ERF_ALPHA)  # P(z^2), degree 6 in z^2
+    numerator = _polynomial(z2, numerator_coefficients)  # P(z^2), degree 6 in z^2
     denominator = _polynomial(z2, _ERF_BETA)  # Q(z^2), degree 4 in z^2
     z *= numerator
     z /= denominator
     return z
 
 
+def erf(x: np.ndarray, out: Optional[np.ndarray] = None) -> np.ndarray:
+    """The error function, vectorised, in the dtype of ``x`` (float32 accuracy).
+
+    ``x P(x^2) / Q(x^2)`` on the clamped input; ``out`` (may be ``x``) receives the result.
+    """
+    return _clamped_rational(x, _ERF_ALPHA, out)
+
+
 _SQRT_HALF = _f32(1.0 / math.sqrt(2.0))
+_HALF_ERF_ALPHA = tuple(_f32(c * _HALF) for c in _ERF_ALPHA)  # P/2, so z P/2 / Q = erf/2: exact (a power of two)
 
 
 def gelu(x: np.ndarray, out: Optional[np.ndarray] = None) -> np.ndarray:
     """Exact GELU, ``torch.nn.functional.gelu`` (HF ``hidden_act="gelu"``): ``0.5 x (1 + erf(x/sqrt 2))``.
 
-    ``out`` (may be ``x``, e.g. an MLP's hidden layer that is used only once) receives the result.
+    Computed as ``x * (0.5 + erf(x/sqrt 2)/2)``, with the halving folded into erf's coefficients: the same
+    float32 numbers, one pass fewer. ``out`` (may be ``x``, e.g. an MLP's hidden layer that is used only
+    once) receives the result.
     """
-    e = x * _SQRT_HALF  # the one new array; erf works on it in place
-    erf(e, out=e)
-    e += _ONE
-    result = np.multiply(x, e, out=e if out is None else out)
-    result *= _HALF
-    return result
-
-
-_SQRT_2_OVER_PI, _GELU_TANH_CUBIC = _f32(math.sqrt(2.0 / math.pi)), _f32(0.044715)
+    cdf = x * _SQRT_HALF  # the one new array; everything below works on it in place
+    _clamped_rational(cdf, _HALF_ERF_ALPHA, out=cdf)  # erf(x / sqrt 2) / 2
+    cdf += _HALF  # the normal CDF
+    return np.multiply(x, cdf, out=cdf if out is None else out)
 
 
 def gelu_tanh(x: np.ndarray, out: Optional[np.ndarray] = None) -> np.ndarray:
