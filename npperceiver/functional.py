@@ -154,6 +154,9 @@ def gelu(x: np.ndarray, out: Optional[np.ndarray] = None) -> np.ndarray:
     return np.multiply(x, cdf, out=cdf if out is None else out)
 
 
+_SQRT_2_OVER_PI, _GELU_TANH_CUBIC = _f32(math.sqrt(2.0 / math.pi)), _f32(0.044715)
+
+
 def gelu_tanh(x: np.ndarray, out: Optional[np.ndarray] = None) -> np.ndarray:
     """Tanh-approximated GELU (HF ``"gelu_new"`` / ``"gelu_pytorch_tanh"``):
     ``0.5 x (1 + tanh(sqrt(2/pi) (x + 0.044715 x^3)))``."""
