@@ -308,34 +308,41 @@ def markdown(results: dict) -> str:
     for r in (r for r in results["rows"] if not r["config"].startswith("sweep")):
         name = r["config"] if r["chunk"] is None else f"{r['config']}, chunk {r['chunk']}"
         lines.append(
-            f"| {name} | {r['B']} | {r['M']} | {r['threads']} | {r['np_ms']:.1f} | {r['torch_ms']:.1f} "
+            f"| {name} | {r['B']} | {r['M']} | {r['threads']} | {_num(r['np_ms'])} | {_num(r['torch_ms'])} "
             f"| **{r['ratio']:.2f}** | {r['np_gflops']:.0f} | {100 * r['peak_fraction']:.0f}% "
-            f"| {r['np_peak_mib']:.1f} | {r['torch_peak_mib']:.1f} | {r['max_rel_diff']:.1e} |")
+            f"| {_num(r['np_peak_mib'])} | {_num(r['torch_peak_mib'])} | {r['max_rel_diff']:.1e} |")
     lines += sweep_markdown([r for r in results["rows"] if r["config"].startswith("sweep")])
     return "\n".join(lines) + "\n"
 
 
+def _num(value: float) -> str:
+    """1 decimal, or 2 significant digits below 10 (0.45 ms, 0.12 MiB)."""
+    return f"{value:.1f}" if value >= 10 else f"{value:.2g}"
+
+
 def sweep_markdown(rows: list[dict]) -> list[str]:
-    """Per thread count: time, the cost of each extra input (slope between sizes) and memory, by M."""
+    """Per thread count, by M: time, the average cost of each input beyond the smallest M (flat if the
+    cost is linear in M), and peak extra memory."""
     out = []
     for n in sorted({r["threads"] for r in rows}):
         by_m = {}
         for r in (r for r in rows if r["threads"] == n):
             by_m.setdefault(r["M"], {})[r["chunk"]] = r
-        out += ["", f"Scaling sweep, {n} thread{'s' * (n > 1)} (image config, 1 block; 'chunked' = "
-                    f"cross_attention_chunk_size={next(c for c in next(iter(by_m.values())) if c)}):", "",
-                "| M | npperceiver ms | chunked ms | torch ms | µs per extra input: np / chunked / torch "
+        chunk = next(c for variants in by_m.values() for c in variants if c)
+        out += ["", f"Scaling sweep, {n} thread{'s' * (n > 1)} (image config, 1 block; chunked = "
+                    f"cross_attention_chunk_size={chunk}):", "",
+                "| M | npperceiver ms | chunked ms | torch ms | µs per input beyond the first M: np / chunked / torch "
                 "| np peak MiB | chunked MiB | torch MiB |",
                 "|---:|---:|---:|---:|---:|---:|---:|---:|"]
-        previous = None
+        first = None
         for m, variants in sorted(by_m.items()):
-            plain, chunked = variants[None], next(v for c, v in variants.items() if c)
+            plain, chunked = variants[None], variants[chunk]
             times = (plain["np_ms"], chunked["np_ms"], plain["torch_ms"])
-            slope = "—" if previous is None else " / ".join(
-                f"{1e3 * (t - p) / (m - previous[0]):.1f}" for t, p in zip(times, previous[1]))
+            slope = "—" if first is None else " / ".join(
+                f"{1e3 * (t - t0) / (m - first[0]):.1f}" for t, t0 in zip(times, first[1]))
             out.append(f"| {m} | {times[0]:.0f} | {times[1]:.0f} | {times[2]:.0f} | {slope} "
-                       f"| {plain['np_peak_mib']:.1f} | {chunked['np_peak_mib']:.1f} | {plain['torch_peak_mib']:.1f} |")
-            previous = (m, times)
+                       f"| {_num(plain['np_peak_mib'])} | {_num(chunked['np_peak_mib'])} | {_num(plain['torch_peak_mib'])} |")
+            first = first or (m, times)
     return out
 
 
