@@ -81,7 +81,7 @@ def scaled_dot_product_attention(
 
 
 def cross_attention_keys_values(params: Params, inputs: np.ndarray, num_heads: int) -> tuple[np.ndarray, np.ndarray]:
-    """The inputs' side of a cross-attention (HF lines 200-213): ``layernorm2``, key and value projections.
+    """The inputs' side of a cross-attention (HF lines 194-203): ``layernorm2``, key and value projections.
 
     inputs: shape (B, K, kv_dim). Returns keys (B, H, K, qk/H) and values (B, H, K, v/H).
     """

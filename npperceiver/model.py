@@ -93,7 +93,7 @@ class PerceiverModel:
             its extra memory stays flat as M grows instead of holding the (B, Hc, N, M) scores. Same
             result to float32 rounding, masks included. Ignored with ``output_attentions=True``, which
             needs the full cross-attention probabilities. Pays off for long inputs (a few thousand and
-            up; see docs/performance.md): 2048 or 4096 is a good value.
+            up; see docs/performance.md); 1024 to 2048 is a good value.
         """
         cfg = self.config
         inputs = _check_inputs(inputs, cfg.d_model)  # (B, M, C) float32
