@@ -39,27 +39,32 @@ def main() -> None:
 
 # ---------------------------------------------------------------------------- draw-encoder
 FORMATS = ("svg", "png", "pdf", "dot")
+MODELS = ("encoder", "mlm")
 
 
 @main.command("draw-encoder")
 @click.option("--config", "config_name", required=True, metavar="PATH_OR_PRESET",
               help="A JSON config (an HF config.json works), or a bundled preset: small, language-perceiver.")
+@click.option("--model", type=click.Choice(MODELS), default="encoder", show_default=True,
+              help="encoder: PerceiverModel; mlm: PerceiverForMaskedLM (text preprocessor, encoder, decoder).")
 @click.option("--output", "-o", metavar="FILE|-",
-              help="Where to write the diagram; '-' for standard output. Default: <config>-encoder.<format>.")
+              help="Where to write the diagram; '-' for standard output. Default: <config>-<model>.<format>.")
 @click.option("--format", "fmt", type=click.Choice(FORMATS),
               help="Output format. Default: from the output's extension, else svg.")
 @click.option("--detail", type=click.Choice(["layer", "op"]),
               help="op: every operation; layer: one box per PerceiverLayer. "
-                   "Default: op up to 8 drawn layers, layer beyond.")
+                   "Default: op up to 8 drawn layers, layer beyond; layer for --model mlm.")
 @click.option("--unroll", is_flag=True, help="Draw every application of the self-attention block.")
 @click.option("--batch", type=click.IntRange(min=1), help="A number for B in the shapes (default: the letter B).")
 @click.option("--seq-len", type=click.IntRange(min=1), help="A number for M in the shapes (default: the letter M).")
-@click.option("--hide-masks", is_flag=True, help="Leave the three masks out of the drawing.")
-def draw_encoder(config_name: str, output: Optional[str], fmt: Optional[str], detail: Optional[str], unroll: bool,
-                 batch: Optional[int], seq_len: Optional[int], hide_masks: bool) -> None:
+@click.option("--hide-masks", is_flag=True, help="Leave the masks out of the drawing.")
+def draw_encoder(config_name: str, model: str, output: Optional[str], fmt: Optional[str], detail: Optional[str],
+                 unroll: bool, batch: Optional[int], seq_len: Optional[int], hide_masks: bool) -> None:
     """Draw the encoder of a config: its layers, and how data and each mask flow through them.
 
-    Every edge carries the shape of the array it stands for, as a real forward pass makes it.
+    Every box shows the shape of what it outputs, as a real forward pass makes it. With --model mlm, the
+    masked language model: the text preprocessor, the encoder, the decoder's output queries and their
+    cross-attention to the latents, and the logits, tied to the token embedding.
     svg, png and pdf need Graphviz's `dot` program; --format dot needs nothing.
 
     \b
@@ -67,8 +72,9 @@ def draw_encoder(config_name: str, output: Optional[str], fmt: Optional[str], de
       npperceiver draw-encoder --config small.json
       npperceiver draw-encoder --config configs/small.json --detail layer --unroll -o small.png
       npperceiver draw-encoder --config language-perceiver --seq-len 2048 --format dot -o -
+      npperceiver draw-encoder --config small.json --model mlm -o small-mlm.svg
     """
-    from viz.encoder_graph import build_encoder_graph
+    from viz.encoder_graph import build_encoder_graph, build_mlm_graph
     from viz.render import dot_available, layout_dot, render, to_dot
 
     config, name = _load_config(config_name)
@@ -76,15 +82,20 @@ def draw_encoder(config_name: str, output: Optional[str], fmt: Optional[str], de
         suffix = Path(output).suffix.lower().lstrip(".") if output and output != "-" else ""
         fmt = suffix if suffix in FORMATS else "svg"
     if output is None:
-        output = f"{Path(name).stem}-encoder.{fmt}"
+        output = f"{Path(name).stem}-{model}.{fmt}"
     if fmt != "dot" and not dot_available():
         raise CliError(
             f"{fmt} output needs Graphviz's `dot` program, which is not on PATH: install Graphviz "
             "(apt-get install graphviz, brew install graphviz, or https://graphviz.org/download), "
             "or use --format dot, which needs no Graphviz")
+    if model == "mlm":
+        _check_mlm(config, name)
+    options = dict(unroll=unroll, batch=batch or "B", seq_len=seq_len or "M", masks=not hide_masks, name=name)
     try:
-        graph = build_encoder_graph(config, detail=detail, unroll=unroll, batch=batch or "B",
-                                    seq_len=seq_len or "M", masks=not hide_masks, name=name)
+        if model == "mlm":
+            graph = build_mlm_graph(config, detail=detail or "layer", **options)
+        else:
+            graph = build_encoder_graph(config, detail=detail, **options)
     except ValueError as e:
         raise CliError(str(e)) from None
     source = to_dot(graph) if fmt == "dot" else layout_dot(graph)
@@ -101,9 +112,11 @@ def draw_encoder(config_name: str, output: Optional[str], fmt: Optional[str], de
 @main.command("explain")
 @click.option("--config", "config_name", required=True, metavar="PATH_OR_PRESET",
               help="A JSON config (an HF config.json works), or a bundled preset: small, language-perceiver.")
+@click.option("--model", type=click.Choice(MODELS), default="encoder", show_default=True,
+              help="encoder: PerceiverModel; mlm: PerceiverForMaskedLM (text preprocessor, encoder, decoder).")
 @click.option("--batch", type=click.IntRange(min=1), help="A number for B in the shapes (default: the letter B).")
 @click.option("--seq-len", type=click.IntRange(min=1), help="A number for M in the shapes (default: the letter M).")
-def explain(config_name: str, batch: Optional[int], seq_len: Optional[int]) -> None:
+def explain(config_name: str, model: str, batch: Optional[int], seq_len: Optional[int]) -> None:
     """Print every step of the encoder's forward pass, in order: the HF module it mirrors, what it
     computes, its output shape, and the mask acting there. The text twin of draw-encoder.
 
@@ -111,11 +124,17 @@ def explain(config_name: str, batch: Optional[int], seq_len: Optional[int]) -> N
     Examples:
       npperceiver explain --config small.json
       npperceiver explain --config language-perceiver --batch 1 --seq-len 2048 | less
+      npperceiver explain --config small.json --model mlm
     """
-    from npperceiver.shapes import encoder_steps, format_shape
+    from npperceiver.shapes import encoder_steps, format_shape, mlm_steps
 
     config, name = _load_config(config_name)
-    steps = encoder_steps(config, batch=batch or "B", seq_len=seq_len or "M")
+    if model == "mlm":
+        _check_mlm(config, name)
+    try:
+        steps = (mlm_steps if model == "mlm" else encoder_steps)(config, batch=batch or "B", seq_len=seq_len or "M")
+    except ValueError as e:
+        raise CliError(str(e)) from None
     rows = [("#", "HF module", "operation", "output shape", "mask")]
     for i, s in enumerate(steps):
         rows.append((str(i), s.module, f"{s.name}: {s.op}" if s.name != s.module else s.op,
@@ -124,29 +143,51 @@ def explain(config_name: str, batch: Optional[int], seq_len: Optional[int]) -> N
     sizes = (f"N={config.num_latents} D={config.d_latents} C={config.d_model} "
              f"Hc={config.num_cross_attention_heads} Hs={config.num_self_attention_heads} "
              f"S={config.num_self_attends_per_block} num_blocks={config.num_blocks}")
-    lines = [f"Perceiver encoder forward pass: {name} ({sizes})", ""]
+    if model == "mlm":
+        sizes += f" V={config.vocab_size} P={config.max_position_embeddings}"
+    what = "Perceiver IO masked language model" if model == "mlm" else "Perceiver encoder"
+    lines = [f"{what} forward pass: {name} ({sizes})", ""]
     scope = None
     for i, row in enumerate(rows):
         if i > 0 and steps[i - 1].scope != scope:  # a heading for each layer
             scope = steps[i - 1].scope
-            lines.append(f"-- {_scope_title(scope, steps[i - 1], config)}")
+            lines.append(f"-- {_scope_title(scope, steps[i - 1], config, model)}")
         lines.append("  ".join(cell.ljust(w) for cell, w in zip(row, widths)).rstrip())
         if i == 0:
             lines.append("  ".join("-" * w for w in widths))
     click.echo("\n".join(lines))
 
 
-def _scope_title(scope: str, step, config) -> str:
+def _check_mlm(config, name: str) -> None:
+    """--model mlm: the config must suit PerceiverForMaskedLM (d_model divisible by 8)."""
+    try:
+        npperceiver.text.check_mlm_config(config)
+    except ValueError as e:
+        raise CliError(f"--config {name}: {e}") from None
+
+
+def _scope_title(scope: str, step, config, model: str = "encoder") -> str:
     if scope == "inputs":
         return "inputs and the latent array"
     if scope == "masks":
+        if model == "mlm":
+            return "the masks, as PerceiverModel.forward prepares them (PerceiverForMaskedLM takes no latent mask)"
         return "the three masks, as PerceiverModel.forward prepares them"
     if scope == "cross":
         return "encoder.cross_attention: latents attend to the inputs (inputs_mask only)"
+    if scope == "text":
+        return "perceiver.input_preprocessor: token and position embeddings (PerceiverTextPreprocessor)"
+    if scope == "decoder_query":
+        return "perceiver.decoder: the output queries, the same for every input"
+    if scope == "decoder":
+        return "perceiver.decoder.decoding_cross_attention: output queries attend to the latents (no mask)"
+    if scope == "embedding_decoder":
+        return "embedding_decoder: logits with the token embedding, transposed (tied by use)"
     if scope == "output":
-        return "result"
+        return "the encoder's result" if model == "mlm" and step.id.endswith("last_hidden_state") else "result"
+    masks = f"attention_mask, head_mask[{step.layer}]" if model == "encoder" else f"head_mask[{step.layer}]"
     return (f"encoder.self_attends.{step.layer}, block {step.block + 1} of {config.num_blocks}: latents attend "
-            f"to latents (attention_mask, head_mask[{step.layer}]; same weights in every block)")
+            f"to latents ({masks}; same weights in every block)")
 
 
 # ============================================================================ the text path: fill-mask, convert-checkpoint
