@@ -64,6 +64,13 @@ def _placed(graph, source: str):
     return nodes, clusters, edges
 
 
+def _points(source: str, index: int) -> list:
+    """The points of edge ``index`` as placed (Graphviz coordinates)."""
+    data = json.loads(graphviz.pipe("neato", "json0", source.encode("utf-8"), neato_no_op=2))
+    pos = next(e["pos"] for e in data["edges"] if e.get("id") == f"edge{index}")
+    return [tuple(map(float, p.lstrip("es,").split(","))) for p in pos.split()]
+
+
 def _overlap(a, b, slack=0.5) -> bool:
     return a[0] < b[2] - slack and b[0] < a[2] - slack and a[1] < b[3] - slack and b[1] < a[3] - slack
 
@@ -101,6 +108,9 @@ def _check_layout(graph, source: str) -> None:
     for i, tail, head, first, last in edges:
         e = graph.edges[i]
         assert (tail, head) == (e.tail, e.head)
+        if e.kind == "loop":  # round inside the block it repeats
+            block = next(c for c in graph.ancestors(graph.nodes[tail].cluster) if graph.clusters[c].role == "block")
+            assert all(_near(p, clusters[block], slack=0) for p in _points(source, i)), (tail, head)
         assert _near(first, nodes[tail]), (tail, head, first)
         if e.into is not None:  # on the top border of the cluster it stands for
             box = clusters[e.into]
@@ -118,6 +128,8 @@ CASES = {
     "3 blocks of 1, layer, compact": lambda: build_encoder_graph(
         npp.PerceiverConfig(**{**SMALL.to_dict(), "num_blocks": 3, "num_self_attends_per_block": 1}),
         detail="layer", compact=True),
+    "2 blocks of 3, op (the loop runs along the block's foot)": lambda: build_encoder_graph(
+        npp.PerceiverConfig(**{**SMALL.to_dict(), "num_blocks": 2, "num_self_attends_per_block": 3}), detail="op"),
     "small mlm": lambda: build_mlm_graph(SMALL, name="small.json"),
     "small mlm op": lambda: build_mlm_graph(SMALL, detail="op"),
 }

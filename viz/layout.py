@@ -466,6 +466,10 @@ class Composer:
         w, h = self.sizes[TITLE]
         self.layouts[TITLE] = PieceLayout(TITLE, w, h, {}, {}, {})
 
+    def _foot(self, cluster: str) -> float:
+        """Room under the last pieces of a composed box: its margin, and a strip for the loops along it."""
+        return MARGIN + (2 * LANE * len(self.loop_strips[cluster]) if cluster in self.loop_strips else 0.0)
+
     def columns_of(self, cluster: str) -> set:
         """The (band, column) cells holding pieces inside ``cluster``."""
         return {self.where[p][:2] for p in self.where if p != TITLE and cluster in self.composed_ancestors(p)}
@@ -486,6 +490,7 @@ class Composer:
         self.v_count: dict[tuple, list] = {}  # (band, gap) -> [(route, side)]
         self.outer_count = 0
         self.loop_columns: set = set()  # (band, column) with a loop back up inside it
+        self.loop_strips: dict[str, list] = {}  # composed cluster -> loops running along its foot
         h_members: dict[int, list] = {}
         for r in self.routes:
             pt, ph = self.piece_of[r.edge.tail], self.piece_of[r.edge.head]
@@ -511,8 +516,12 @@ class Composer:
                 if ct == ch:  # out of the tail's side, up close beside the column, into the head's side
                     self.loop_columns.add((bh, ch))
                 else:
-                    if r.exit not in ("left", "right"):
-                        h_members.setdefault(bt, []).append(r)
+                    if r.exit not in ("left", "right"):  # along a strip kept at the foot of the loop's box
+                        common = [c for c in self.composed_ancestors(pt) if c in self.composed_ancestors(ph)]
+                        if common:
+                            self.loop_strips.setdefault(common[-1], []).append(r)
+                        else:
+                            h_members.setdefault(bt, []).append(r)
                     gap = ch + 1 if r.entry == "right" else ch
                     self.v_count.setdefault((bh, gap), []).append((r, r.entry if r.entry != "port" else "left"))
         self.h_members = h_members
@@ -562,7 +571,8 @@ class Composer:
                 for k, p in enumerate(column):
                     anc = anc_sets[k]
                     if k > 0:
-                        yy += STACK_GAP + MARGIN * len([a for a in open_stack if a not in anc])
+                        closed = [a for a in open_stack if a not in anc]
+                        yy += STACK_GAP + sum(self._foot(a) for a in closed)
                         open_stack = [a for a in open_stack if a in anc]
                     for a in anc:
                         if a not in open_stack:
@@ -572,7 +582,7 @@ class Composer:
                     lay = self.layouts[p]
                     self.offsets[p] = (x + (width - lay.w) / 2, yy)
                     yy += lay.h
-                yy += MARGIN * len([a for a in open_stack if last_band[a] == b])
+                yy += sum(self._foot(a) for a in open_stack if last_band[a] == b)
                 band_bottom = max(band_bottom, yy)
                 self.column_boxes[(b, c)] = Box(x, y, x + width, yy)
                 x += width + len(col_anc - next_anc) * MARGIN
@@ -595,7 +605,7 @@ class Composer:
             for inner, ib in self.boxes.items():
                 if g.clusters[inner].parent == c:
                     box = box.union(ib)
-            self.boxes[c] = box.grown(MARGIN, MARGIN + label_h[c], MARGIN, MARGIN)
+            self.boxes[c] = box.grown(MARGIN, MARGIN + label_h[c], MARGIN, self._foot(c))
         self.placed = {p: self.layouts[p].moved(*self.offsets[p]) for p in self.offsets}
 
     # ------------------------------------------------------------------ 3. routes
@@ -734,8 +744,13 @@ class Composer:
         elif r.exit in ("left", "right"):  # across or round, from the side of the tail
             xv = self.v_x[r.index]
             path += [(xv, start[1]), (xv, end[1]), end]
-        else:  # across, or a loop back to an earlier column, under the band
-            y1 = self.lane_y[(r.index, bt)]
+        else:  # across, or a loop back to an earlier column, under the band or along the foot of its box
+            strip = next((c for c, rs in self.loop_strips.items() if r in rs), None)
+            if strip is not None:
+                k = self.loop_strips[strip].index(r)
+                y1 = self.boxes[strip].y1 - MARGIN - LANE * (2 * k + 1)
+            else:
+                y1 = self.lane_y[(r.index, bt)]
             xv = self.v_x[r.index]
             path += [(start[0], y1), (xv, y1)]
             if r.entry == "port":
