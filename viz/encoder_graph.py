@@ -415,12 +415,14 @@ class _Builder:
         if first.scope == "cross":
             d = cfg.cross_attention
             g.add_cluster(Cluster("cluster_encoder", "encoder", self.top, role="encoder", lines=("PerceiverEncoder",)))
-            g.add_cluster(Cluster("cluster_cross", "encoder.cross_attention", "cluster_encoder", role="cross", lines=(
-                f"latents attend to the inputs · {_plural(d.num_heads, 'head')}",)))
+            lines = (f"latents attend to the inputs · {_plural(d.num_heads, 'head')}",)
+            g.add_cluster(Cluster("cluster_cross", "encoder.cross_attention", "cluster_encoder", role="cross",
+                                  lines=lines if self.detail == "op" else ()))  # a layer's box says it already
             return
         if first.scope == "decoder":
+            lines = ("output queries attend to the latents · 8 heads",)
             g.add_cluster(Cluster("cluster_decoder_attention", "decoder.decoding_cross_attention", "cluster_decoder",
-                                  role="decoder", lines=("output queries attend to the latents · 8 heads",)))
+                                  role="decoder", lines=lines if self.detail == "op" else ()))
             return
         b, i, NB, S = first.block, first.layer, cfg.num_blocks, cfg.num_self_attends_per_block
         d = cfg.self_attention

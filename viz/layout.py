@@ -400,7 +400,7 @@ class Composer:
                 free = [side for side in sides if _side_free(lay, e.head, side)]
             if r.kind in ("down", "stack") and self.is_top(ph, e.head) and self._top_clear(ph, e.head):
                 r.entry = "top"
-            elif free:
+            elif free and r.kind != "stack":  # the next piece down is entered from above: through a port
                 r.entry = free[0]
             else:
                 r.entry = "port"
