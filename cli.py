@@ -11,7 +11,7 @@ import os
 import sys
 import tempfile
 from pathlib import Path
-from typing import Optional
+from typing import Callable, Optional
 
 import click
 
@@ -197,23 +197,6 @@ def _one_line(error: BaseException) -> str:
     return lines[0] if lines else type(error).__name__
 
 
-def _load_mlm_config(value: str) -> "npperceiver.PerceiverConfig":
-    """``--config``: a bundled preset name, or the path of a config.json (an HF one works as it is)."""
-    import os
-
-    try:
-        if value.endswith(".json") or os.sep in value or os.path.exists(value):
-            if not os.path.isfile(value):
-                raise ValueError(f"config file {value} does not exist")
-            config = npperceiver.PerceiverConfig.from_json(value)
-        else:
-            config = npperceiver.load_preset(value)
-        npperceiver.text.check_mlm_config(config)
-    except (OSError, ValueError, TypeError) as e:
-        raise click.ClickException(f"--config: {_one_line(e)}") from None
-    return config
-
-
 def _show_token(token_id: int) -> str:
     """A readable form of one id: ``[MASK]`` for a special token, ``'m'`` for a printable byte, ``\\xc3`` else."""
     if token_id < npperceiver.tokenizer.NUM_SPECIAL_TOKENS:
@@ -225,8 +208,8 @@ def _show_token(token_id: int) -> str:
 @main.command("fill-mask")
 @click.argument("text")
 @click.option("--weights", type=click.Path(dir_okay=False), help="PerceiverForMaskedLM weights: .safetensors or .npz.")
-@click.option("--config", "config_name", default="language-perceiver", show_default=True,
-              help="Preset name or config.json path; must match the weights.")
+@click.option("--config", "config_name", default="language-perceiver", show_default=True, metavar="PATH_OR_PRESET",
+              help="A JSON config (an HF config.json works), or a bundled preset; must match the weights.")
 @click.option("--random-init", is_flag=True, help="No weights: a seeded random model (predictions are noise).")
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed for --random-init.")
 @click.option("--top-k", type=click.IntRange(1, 262), default=5, show_default=True,
@@ -241,16 +224,17 @@ def fill_mask(text: str, weights: "str | None", config_name: str, random_init: b
     """
     if (weights is None) == (not random_init):
         raise click.UsageError("pass exactly one of --weights FILE and --random-init")
-    config = _load_mlm_config(config_name)
+    config, name = _load_config(config_name)
+    _check_mlm(config, name)
     tokenizer = npperceiver.PerceiverTokenizer(model_max_length=config.max_position_embeddings)
     input_ids = tokenizer(text)["input_ids"]  # [CLS] bytes [SEP]
     if len(input_ids) > config.max_position_embeddings:
-        raise click.ClickException(
+        raise CliError(
             f"the text is {len(input_ids)} tokens long ([CLS] + {len(input_ids) - 2} bytes + [SEP]) but this model "
             f"accepts at most {config.max_position_embeddings} (max_position_embeddings); shorten it"
         )
     if tokenizer.mask_token_id not in input_ids:
-        raise click.ClickException("the text has no [MASK]: write one [MASK] for each byte to predict")
+        raise CliError("the text has no [MASK]: write one [MASK] for each byte to predict")
 
     try:
         if random_init:
@@ -259,7 +243,7 @@ def fill_mask(text: str, weights: "str | None", config_name: str, random_init: b
             model = npperceiver.PerceiverForMaskedLM.from_state_dict(config, npperceiver.load_weights(weights))
         spans, filled = npperceiver.text.fill_mask(model, input_ids, top_k=top_k)
     except (OSError, ValueError) as e:
-        raise click.ClickException(_one_line(e)) from None
+        raise CliError(_one_line(e)) from None
 
     if random_init:
         click.echo(f"note: random weights (--random-init, seed {seed}): the predictions are meaningless")
@@ -281,36 +265,28 @@ def convert_checkpoint(source: str, dest: str) -> None:
     Needs PyTorch, imported by this command only; the tensors are read with
     torch.load(map_location="cpu", weights_only=True), floats stored as float32, names kept.
     """
-    import os
-    import tempfile
-
     suffix = next((s for s in (".safetensors", ".npz") if dest.endswith(s)), None)
     if suffix is None:
         raise click.BadParameter(f"{dest} must end in .safetensors or .npz", param_hint="DEST")
     if not os.path.isfile(source):
-        raise click.ClickException(f"checkpoint {source} does not exist")
+        raise CliError(f"checkpoint {source} does not exist")
     try:
         import torch
     except ImportError:
-        raise click.ClickException("convert-checkpoint needs PyTorch to read the checkpoint: pip install torch") from None
+        raise CliError("convert-checkpoint needs PyTorch to read the checkpoint: pip install torch") from None
     try:
         state_dict = torch.load(source, map_location="cpu", weights_only=True)
     except Exception as e:  # torch raises many kinds (pickle, zip, runtime) for a file it cannot read
-        raise click.ClickException(f"cannot read {source} as a PyTorch checkpoint: {_one_line(e)}") from None
+        raise CliError(f"cannot read {source} as a PyTorch checkpoint: {_one_line(e)}") from None
     if not isinstance(state_dict, dict) or not all(
             isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in state_dict.items()):
-        raise click.ClickException(f"{source} does not hold a state dict (a mapping of names to tensors)")
+        raise CliError(f"{source} does not hold a state dict (a mapping of names to tensors)")
     arrays = {k: (v.detach().float() if v.is_floating_point() else v.detach()).numpy() for k, v in state_dict.items()}
 
-    fd, tmp = tempfile.mkstemp(suffix=suffix, dir=os.path.dirname(os.path.abspath(dest)))
-    os.close(fd)
     try:
-        npperceiver.save_weights(tmp, arrays)
-        os.replace(tmp, dest)
-    except (OSError, ValueError) as e:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise click.ClickException(f"cannot write {dest}: {_one_line(e)}") from None
+        _write(dest, lambda path: npperceiver.save_weights(path, arrays), suffix=suffix)
+    except ValueError as e:
+        raise CliError(f"cannot write {dest}: {_one_line(e)}") from None
     click.echo(f"wrote {len(arrays)} tensors ({sum(a.size for a in arrays.values()):,} values) to {dest}")
 
 
@@ -341,9 +317,10 @@ def _load_config(name: str):
                    f"(presets: {', '.join(available_presets())})")
 
 
-def _write(output: str, data: bytes) -> None:
-    """Write ``data`` to ``output`` ('-': standard output) through a temporary file, then move it in place,
-    so a failure never leaves a partial file behind."""
+def _write(output: str, data: "bytes | Callable[[str], None]", suffix: str = ".tmp") -> None:
+    """Write ``data`` to ``output`` ('-': standard output) through a temporary file in the same folder, then
+    move it into place, so a failure never leaves a partial file behind. ``data`` is bytes, or a function
+    that writes the file at the path it is given (``suffix`` then ends the temporary name)."""
     if output == "-":
         sys.stdout.buffer.write(data)
         sys.stdout.flush()
@@ -351,17 +328,22 @@ def _write(output: str, data: bytes) -> None:
     target = Path(output)
     tmp = None
     try:
-        fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
+        fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=suffix, dir=target.parent)
         with os.fdopen(fd, "wb") as f:
-            f.write(data)
+            if isinstance(data, bytes):
+                f.write(data)
+        if not isinstance(data, bytes):
+            data(tmp)
         umask = os.umask(0)
         os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes it private; a diagram is an ordinary file
+        os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes it private; an output is an ordinary file
         os.replace(tmp, target)
-    except OSError as e:
+    except BaseException as e:
         if tmp is not None and os.path.exists(tmp):
             os.unlink(tmp)
-        raise CliError(f"cannot write {output}: {e.strerror or e}") from None
+        if isinstance(e, OSError):
+            raise CliError(f"cannot write {output}: {e.strerror or e}") from None
+        raise
 
 
 if __name__ == "__main__":  # pragma: no cover
