@@ -11,7 +11,7 @@ import os
 import sys
 import tempfile
 from pathlib import Path
-from typing import Optional
+from typing import Callable, Optional
 
 import click
 
@@ -39,27 +39,32 @@ def main() -> None:
 
 # ---------------------------------------------------------------------------- draw-encoder
 FORMATS = ("svg", "png", "pdf", "dot")
+MODELS = ("encoder", "mlm")
 
 
 @main.command("draw-encoder")
 @click.option("--config", "config_name", required=True, metavar="PATH_OR_PRESET",
               help="A JSON config (an HF config.json works), or a bundled preset: small, language-perceiver.")
+@click.option("--model", type=click.Choice(MODELS), default="encoder", show_default=True,
+              help="encoder: PerceiverModel; mlm: PerceiverForMaskedLM (text preprocessor, encoder, decoder).")
 @click.option("--output", "-o", metavar="FILE|-",
-              help="Where to write the diagram; '-' for standard output. Default: <config>-encoder.<format>.")
+              help="Where to write the diagram; '-' for standard output. Default: <config>-<model>.<format>.")
 @click.option("--format", "fmt", type=click.Choice(FORMATS),
               help="Output format. Default: from the output's extension, else svg.")
 @click.option("--detail", type=click.Choice(["layer", "op"]),
               help="op: every operation; layer: one box per PerceiverLayer. "
-                   "Default: op up to 8 drawn layers, layer beyond.")
+                   "Default: op up to 8 drawn layers, layer beyond; layer for --model mlm.")
 @click.option("--unroll", is_flag=True, help="Draw every application of the self-attention block.")
 @click.option("--batch", type=click.IntRange(min=1), help="A number for B in the shapes (default: the letter B).")
 @click.option("--seq-len", type=click.IntRange(min=1), help="A number for M in the shapes (default: the letter M).")
-@click.option("--hide-masks", is_flag=True, help="Leave the three masks out of the drawing.")
-def draw_encoder(config_name: str, output: Optional[str], fmt: Optional[str], detail: Optional[str], unroll: bool,
-                 batch: Optional[int], seq_len: Optional[int], hide_masks: bool) -> None:
+@click.option("--hide-masks", is_flag=True, help="Leave the masks out of the drawing.")
+def draw_encoder(config_name: str, model: str, output: Optional[str], fmt: Optional[str], detail: Optional[str],
+                 unroll: bool, batch: Optional[int], seq_len: Optional[int], hide_masks: bool) -> None:
     """Draw the encoder of a config: its layers, and how data and each mask flow through them.
 
-    Every edge carries the shape of the array it stands for, as a real forward pass makes it.
+    Every box shows the shape of what it outputs, as a real forward pass makes it. With --model mlm, the
+    masked language model: the text preprocessor, the encoder, the decoder's output queries and their
+    cross-attention to the latents, and the logits, tied to the token embedding.
     svg, png and pdf need Graphviz's `dot` program; --format dot needs nothing.
 
     \b
@@ -67,8 +72,9 @@ def draw_encoder(config_name: str, output: Optional[str], fmt: Optional[str], de
       npperceiver draw-encoder --config small.json
       npperceiver draw-encoder --config configs/small.json --detail layer --unroll -o small.png
       npperceiver draw-encoder --config language-perceiver --seq-len 2048 --format dot -o -
+      npperceiver draw-encoder --config small.json --model mlm -o small-mlm.svg
     """
-    from viz.encoder_graph import build_encoder_graph
+    from viz.encoder_graph import build_encoder_graph, build_mlm_graph
     from viz.render import dot_available, layout_dot, render, to_dot
 
     config, name = _load_config(config_name)
@@ -76,15 +82,20 @@ def draw_encoder(config_name: str, output: Optional[str], fmt: Optional[str], de
         suffix = Path(output).suffix.lower().lstrip(".") if output and output != "-" else ""
         fmt = suffix if suffix in FORMATS else "svg"
     if output is None:
-        output = f"{Path(name).stem}-encoder.{fmt}"
+        output = f"{Path(name).stem}-{model}.{fmt}"
     if fmt != "dot" and not dot_available():
         raise CliError(
             f"{fmt} output needs Graphviz's `dot` program, which is not on PATH: install Graphviz "
             "(apt-get install graphviz, brew install graphviz, or https://graphviz.org/download), "
             "or use --format dot, which needs no Graphviz")
+    if model == "mlm":
+        _check_mlm(config, name)
+    options = dict(unroll=unroll, batch=batch or "B", seq_len=seq_len or "M", masks=not hide_masks, name=name)
     try:
-        graph = build_encoder_graph(config, detail=detail, unroll=unroll, batch=batch or "B",
-                                    seq_len=seq_len or "M", masks=not hide_masks, name=name)
+        if model == "mlm":
+            graph = build_mlm_graph(config, detail=detail or "layer", **options)
+        else:
+            graph = build_encoder_graph(config, detail=detail, **options)
     except ValueError as e:
         raise CliError(str(e)) from None
     source = to_dot(graph) if fmt == "dot" else layout_dot(graph)
@@ -101,9 +112,11 @@ def draw_encoder(config_name: str, output: Optional[str], fmt: Optional[str], de
 @main.command("explain")
 @click.option("--config", "config_name", required=True, metavar="PATH_OR_PRESET",
               help="A JSON config (an HF config.json works), or a bundled preset: small, language-perceiver.")
+@click.option("--model", type=click.Choice(MODELS), default="encoder", show_default=True,
+              help="encoder: PerceiverModel; mlm: PerceiverForMaskedLM (text preprocessor, encoder, decoder).")
 @click.option("--batch", type=click.IntRange(min=1), help="A number for B in the shapes (default: the letter B).")
 @click.option("--seq-len", type=click.IntRange(min=1), help="A number for M in the shapes (default: the letter M).")
-def explain(config_name: str, batch: Optional[int], seq_len: Optional[int]) -> None:
+def explain(config_name: str, model: str, batch: Optional[int], seq_len: Optional[int]) -> None:
     """Print every step of the encoder's forward pass, in order: the HF module it mirrors, what it
     computes, its output shape, and the mask acting there. The text twin of draw-encoder.
 
@@ -111,11 +124,17 @@ def explain(config_name: str, batch: Optional[int], seq_len: Optional[int]) -> N
     Examples:
       npperceiver explain --config small.json
       npperceiver explain --config language-perceiver --batch 1 --seq-len 2048 | less
+      npperceiver explain --config small.json --model mlm
     """
-    from npperceiver.shapes import encoder_steps, format_shape
+    from npperceiver.shapes import encoder_steps, format_shape, mlm_steps
 
     config, name = _load_config(config_name)
-    steps = encoder_steps(config, batch=batch or "B", seq_len=seq_len or "M")
+    if model == "mlm":
+        _check_mlm(config, name)
+    try:
+        steps = (mlm_steps if model == "mlm" else encoder_steps)(config, batch=batch or "B", seq_len=seq_len or "M")
+    except ValueError as e:
+        raise CliError(str(e)) from None
     rows = [("#", "HF module", "operation", "output shape", "mask")]
     for i, s in enumerate(steps):
         rows.append((str(i), s.module, f"{s.name}: {s.op}" if s.name != s.module else s.op,
@@ -124,29 +143,51 @@ def explain(config_name: str, batch: Optional[int], seq_len: Optional[int]) -> N
     sizes = (f"N={config.num_latents} D={config.d_latents} C={config.d_model} "
              f"Hc={config.num_cross_attention_heads} Hs={config.num_self_attention_heads} "
              f"S={config.num_self_attends_per_block} num_blocks={config.num_blocks}")
-    lines = [f"Perceiver encoder forward pass: {name} ({sizes})", ""]
+    if model == "mlm":
+        sizes += f" V={config.vocab_size} P={config.max_position_embeddings}"
+    what = "Perceiver IO masked language model" if model == "mlm" else "Perceiver encoder"
+    lines = [f"{what} forward pass: {name} ({sizes})", ""]
     scope = None
     for i, row in enumerate(rows):
         if i > 0 and steps[i - 1].scope != scope:  # a heading for each layer
             scope = steps[i - 1].scope
-            lines.append(f"-- {_scope_title(scope, steps[i - 1], config)}")
+            lines.append(f"-- {_scope_title(scope, steps[i - 1], config, model)}")
         lines.append("  ".join(cell.ljust(w) for cell, w in zip(row, widths)).rstrip())
         if i == 0:
             lines.append("  ".join("-" * w for w in widths))
     click.echo("\n".join(lines))
 
 
-def _scope_title(scope: str, step, config) -> str:
+def _check_mlm(config, name: str) -> None:
+    """--model mlm: the config must suit PerceiverForMaskedLM (d_model divisible by 8)."""
+    try:
+        npperceiver.text.check_mlm_config(config)
+    except ValueError as e:
+        raise CliError(f"--config {name}: {e}") from None
+
+
+def _scope_title(scope: str, step, config, model: str = "encoder") -> str:
     if scope == "inputs":
         return "inputs and the latent array"
     if scope == "masks":
+        if model == "mlm":
+            return "the masks, as PerceiverModel.forward prepares them (PerceiverForMaskedLM takes no latent mask)"
         return "the three masks, as PerceiverModel.forward prepares them"
     if scope == "cross":
         return "encoder.cross_attention: latents attend to the inputs (inputs_mask only)"
+    if scope == "text":
+        return "perceiver.input_preprocessor: token and position embeddings (PerceiverTextPreprocessor)"
+    if scope == "decoder_query":
+        return "perceiver.decoder: the output queries, the same for every input"
+    if scope == "decoder":
+        return "perceiver.decoder.decoding_cross_attention: output queries attend to the latents (no mask)"
+    if scope == "embedding_decoder":
+        return "embedding_decoder: logits with the token embedding, transposed (tied by use)"
     if scope == "output":
-        return "result"
+        return "the encoder's result" if model == "mlm" and step.id.endswith("last_hidden_state") else "result"
+    masks = f"attention_mask, head_mask[{step.layer}]" if model == "encoder" else f"head_mask[{step.layer}]"
     return (f"encoder.self_attends.{step.layer}, block {step.block + 1} of {config.num_blocks}: latents attend "
-            f"to latents (attention_mask, head_mask[{step.layer}]; same weights in every block)")
+            f"to latents ({masks}; same weights in every block)")
 
 
 # ============================================================================ the text path: fill-mask, convert-checkpoint
@@ -154,23 +195,6 @@ def _one_line(error: BaseException) -> str:
     """The first line of an error message (library errors are one line; torch's unpickler's are not)."""
     lines = str(error).strip().splitlines()
     return lines[0] if lines else type(error).__name__
-
-
-def _load_mlm_config(value: str) -> "npperceiver.PerceiverConfig":
-    """``--config``: a bundled preset name, or the path of a config.json (an HF one works as it is)."""
-    import os
-
-    try:
-        if value.endswith(".json") or os.sep in value or os.path.exists(value):
-            if not os.path.isfile(value):
-                raise ValueError(f"config file {value} does not exist")
-            config = npperceiver.PerceiverConfig.from_json(value)
-        else:
-            config = npperceiver.load_preset(value)
-        npperceiver.text.check_mlm_config(config)
-    except (OSError, ValueError, TypeError) as e:
-        raise click.ClickException(f"--config: {_one_line(e)}") from None
-    return config
 
 
 def _show_token(token_id: int) -> str:
@@ -184,8 +208,8 @@ def _show_token(token_id: int) -> str:
 @main.command("fill-mask")
 @click.argument("text")
 @click.option("--weights", type=click.Path(dir_okay=False), help="PerceiverForMaskedLM weights: .safetensors or .npz.")
-@click.option("--config", "config_name", default="language-perceiver", show_default=True,
-              help="Preset name or config.json path; must match the weights.")
+@click.option("--config", "config_name", default="language-perceiver", show_default=True, metavar="PATH_OR_PRESET",
+              help="A JSON config (an HF config.json works), or a bundled preset; must match the weights.")
 @click.option("--random-init", is_flag=True, help="No weights: a seeded random model (predictions are noise).")
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed for --random-init.")
 @click.option("--top-k", type=click.IntRange(1, 262), default=5, show_default=True,
@@ -200,16 +224,17 @@ def fill_mask(text: str, weights: "str | None", config_name: str, random_init: b
     """
     if (weights is None) == (not random_init):
         raise click.UsageError("pass exactly one of --weights FILE and --random-init")
-    config = _load_mlm_config(config_name)
+    config, name = _load_config(config_name)
+    _check_mlm(config, name)
     tokenizer = npperceiver.PerceiverTokenizer(model_max_length=config.max_position_embeddings)
     input_ids = tokenizer(text)["input_ids"]  # [CLS] bytes [SEP]
     if len(input_ids) > config.max_position_embeddings:
-        raise click.ClickException(
+        raise CliError(
             f"the text is {len(input_ids)} tokens long ([CLS] + {len(input_ids) - 2} bytes + [SEP]) but this model "
             f"accepts at most {config.max_position_embeddings} (max_position_embeddings); shorten it"
         )
     if tokenizer.mask_token_id not in input_ids:
-        raise click.ClickException("the text has no [MASK]: write one [MASK] for each byte to predict")
+        raise CliError("the text has no [MASK]: write one [MASK] for each byte to predict")
 
     try:
         if random_init:
@@ -218,7 +243,7 @@ def fill_mask(text: str, weights: "str | None", config_name: str, random_init: b
             model = npperceiver.PerceiverForMaskedLM.from_state_dict(config, npperceiver.load_weights(weights))
         spans, filled = npperceiver.text.fill_mask(model, input_ids, top_k=top_k)
     except (OSError, ValueError) as e:
-        raise click.ClickException(_one_line(e)) from None
+        raise CliError(_one_line(e)) from None
 
     if random_init:
         click.echo(f"note: random weights (--random-init, seed {seed}): the predictions are meaningless")
@@ -240,36 +265,28 @@ def convert_checkpoint(source: str, dest: str) -> None:
     Needs PyTorch, imported by this command only; the tensors are read with
     torch.load(map_location="cpu", weights_only=True), floats stored as float32, names kept.
     """
-    import os
-    import tempfile
-
     suffix = next((s for s in (".safetensors", ".npz") if dest.endswith(s)), None)
     if suffix is None:
         raise click.BadParameter(f"{dest} must end in .safetensors or .npz", param_hint="DEST")
     if not os.path.isfile(source):
-        raise click.ClickException(f"checkpoint {source} does not exist")
+        raise CliError(f"checkpoint {source} does not exist")
     try:
         import torch
     except ImportError:
-        raise click.ClickException("convert-checkpoint needs PyTorch to read the checkpoint: pip install torch") from None
+        raise CliError("convert-checkpoint needs PyTorch to read the checkpoint: pip install torch") from None
     try:
         state_dict = torch.load(source, map_location="cpu", weights_only=True)
     except Exception as e:  # torch raises many kinds (pickle, zip, runtime) for a file it cannot read
-        raise click.ClickException(f"cannot read {source} as a PyTorch checkpoint: {_one_line(e)}") from None
+        raise CliError(f"cannot read {source} as a PyTorch checkpoint: {_one_line(e)}") from None
     if not isinstance(state_dict, dict) or not all(
             isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in state_dict.items()):
-        raise click.ClickException(f"{source} does not hold a state dict (a mapping of names to tensors)")
+        raise CliError(f"{source} does not hold a state dict (a mapping of names to tensors)")
     arrays = {k: (v.detach().float() if v.is_floating_point() else v.detach()).numpy() for k, v in state_dict.items()}
 
-    fd, tmp = tempfile.mkstemp(suffix=suffix, dir=os.path.dirname(os.path.abspath(dest)))
-    os.close(fd)
     try:
-        npperceiver.save_weights(tmp, arrays)
-        os.replace(tmp, dest)
-    except (OSError, ValueError) as e:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise click.ClickException(f"cannot write {dest}: {_one_line(e)}") from None
+        _write(dest, lambda path: npperceiver.save_weights(path, arrays), suffix=suffix)
+    except ValueError as e:
+        raise CliError(f"cannot write {dest}: {_one_line(e)}") from None
     click.echo(f"wrote {len(arrays)} tensors ({sum(a.size for a in arrays.values()):,} values) to {dest}")
 
 
@@ -300,9 +317,10 @@ def _load_config(name: str):
                    f"(presets: {', '.join(available_presets())})")
 
 
-def _write(output: str, data: bytes) -> None:
-    """Write ``data`` to ``output`` ('-': standard output) through a temporary file, then move it in place,
-    so a failure never leaves a partial file behind."""
+def _write(output: str, data: "bytes | Callable[[str], None]", suffix: str = ".tmp") -> None:
+    """Write ``data`` to ``output`` ('-': standard output) through a temporary file in the same folder, then
+    move it into place, so a failure never leaves a partial file behind. ``data`` is bytes, or a function
+    that writes the file at the path it is given (``suffix`` then ends the temporary name)."""
     if output == "-":
         sys.stdout.buffer.write(data)
         sys.stdout.flush()
@@ -310,17 +328,22 @@ def _write(output: str, data: bytes) -> None:
     target = Path(output)
     tmp = None
     try:
-        fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
+        fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=suffix, dir=target.parent)
         with os.fdopen(fd, "wb") as f:
-            f.write(data)
+            if isinstance(data, bytes):
+                f.write(data)
+        if not isinstance(data, bytes):
+            data(tmp)
         umask = os.umask(0)
         os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes it private; a diagram is an ordinary file
+        os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes it private; an output is an ordinary file
         os.replace(tmp, target)
-    except OSError as e:
+    except BaseException as e:
         if tmp is not None and os.path.exists(tmp):
             os.unlink(tmp)
-        raise CliError(f"cannot write {output}: {e.strerror or e}") from None
+        if isinstance(e, OSError):
+            raise CliError(f"cannot write {output}: {e.strerror or e}") from None
+        raise
 
 
 if __name__ == "__main__":  # pragma: no cover

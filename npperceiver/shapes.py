@@ -145,8 +145,8 @@ def _check_size(name: str, value: Dim, letter: str) -> Dim:
 
 
 def format_shape(shape: Shape) -> str:
-    """``(B, M, 24)`` -- how shapes are written in tables and diagrams."""
-    return "(" + ", ".join(str(d) for d in shape) + ")"
+    """``(B, M, 24)`` -- how shapes are written in tables and diagrams (``(262,)`` for one axis)."""
+    return "(" + ", ".join(str(d) for d in shape) + ("," if len(shape) == 1 else "") + ")"
 
 
 def encoder_steps(config: "PerceiverConfig", batch: Dim = "B", seq_len: Dim = "M", *,

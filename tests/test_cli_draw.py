@@ -11,7 +11,7 @@ from click.testing import CliRunner
 
 import cli
 import npperceiver as npp
-from npperceiver.shapes import encoder_steps
+from npperceiver.shapes import encoder_steps, mlm_steps
 
 needs_dot = pytest.mark.skipif(shutil.which("dot") is None, reason="Graphviz's dot program is not installed")
 
@@ -45,6 +45,7 @@ def test_help_version_and_examples(run):
     for cmd in ("draw-encoder", "explain"):
         res = run(cmd, "--help")
         assert res.exit_code == 0 and "Examples:" in res.output and f"npperceiver {cmd} --config" in res.output
+        assert "--model mlm" in res.output
 
 
 # ---------------------------------------------------------------------------- config lookup
@@ -164,3 +165,56 @@ def test_explain_lists_every_step_in_order(run):
 def test_explain_symbolic_by_default(run):
     res = run("explain", "--config", "language-perceiver")
     assert res.exit_code == 0 and "(B, 8, 256, M)" in res.stdout and "sqrt(32)" in res.stdout
+
+
+# ---------------------------------------------------------------------------- --model mlm
+def test_mlm_drawing_defaults_to_layer_detail_and_its_own_name(run, tmp_path):
+    res = run("draw-encoder", "--config", "small", "--model", "mlm", "--format", "dot")
+    assert res.exit_code == 0, res.stderr
+    assert "wrote small-mlm.dot" in res.stderr
+    dot = (tmp_path / "small-mlm.dot").read_text()
+    for text in ('"decoder/layer"', '"self0/layer"', "cluster_text", "cluster_decoder", "logits [",
+                 "the decoder gets no mask: HF drops query_mask", "(B, 64, 262)"):
+        assert text in dot, text
+    assert '"decoder/softmax"' not in dot and "latent_mask" not in dot
+    op = run("draw-encoder", "--config", "small", "--model", "mlm", "--detail", "op", "--format", "dot", "-o", "-")
+    assert op.exit_code == 0 and '"decoder/softmax"' in op.stdout and '"cross/inputs_mask"' in op.stdout
+    numeric = run("draw-encoder", "--config", "small", "--model", "mlm", "--batch", "2", "--seq-len", "7",
+                  "--format", "dot", "-o", "-")
+    assert "(2, 7, 24)" in numeric.stdout and "(2, 64, 262)" in numeric.stdout
+
+
+@needs_dot
+def test_mlm_picture(run, tmp_path):
+    res = run("draw-encoder", "--config", "small.json", "--model", "mlm")
+    assert res.exit_code == 0 and (tmp_path / "small-mlm.svg").read_bytes().startswith(b"<?xml")
+
+
+def test_mlm_refuses_unsuitable_configs_in_one_line(run, tmp_path):
+    cfg = npp.load_preset("small").to_dict() | {"d_model": 20}
+    (tmp_path / "odd.json").write_text(json.dumps(cfg))
+    for cmd in ("draw-encoder", "explain"):
+        _one_error_line(run(cmd, "--config", "odd.json", "--model", "mlm", *(["--format", "dot"] * (cmd != "explain"))),
+                        "odd.json", "d_model", "divisible by 8", "20")
+        assert run(cmd, "--config", "odd.json", *(["--format", "dot"] * (cmd != "explain"))).exit_code == 0
+    _one_error_line(run("explain", "--config", "small", "--model", "mlm", "--seq-len", "65"),
+                    "seq_len", "max_position_embeddings = 64")
+    assert not list(tmp_path.glob("*-mlm.*"))
+    assert run("draw-encoder", "--config", "small", "--model", "gpt").exit_code == 2
+
+
+def test_explain_mlm_lists_every_step_in_order(run):
+    res = run("explain", "--config", "small", "--model", "mlm", "--batch", "2", "--seq-len", "5")
+    assert res.exit_code == 0, res.stderr
+    steps = mlm_steps(npp.load_preset("small"), batch=2, seq_len=5)
+    rows = [line for line in res.stdout.splitlines() if line[:1].isdigit()]
+    assert len(rows) == len(steps)
+    for i, (row, s) in enumerate(zip(rows, steps)):
+        cells = row.split()
+        assert cells[0] == str(i) and cells[1] == s.module
+    out = res.stdout
+    assert out.startswith("Perceiver IO masked language model forward pass: small.json") and "V=262 P=64" in out
+    for heading in ("-- perceiver.input_preprocessor", "-- perceiver.decoder: the output queries",
+                    "-- perceiver.decoder.decoding_cross_attention", "-- embedding_decoder", "-- the encoder's result"):
+        assert heading in out, heading
+    assert "(2, 64, 262)" in out and "attention_mask," not in out  # no latent mask in the MLM

@@ -18,7 +18,7 @@ import pytest
 pytest.importorskip("graphviz")
 
 import npperceiver as npp  # noqa: E402
-from viz.encoder_graph import build_encoder_graph  # noqa: E402
+from viz.encoder_graph import build_encoder_graph, build_mlm_graph  # noqa: E402
 from viz.render import to_dot  # noqa: E402
 
 GOLDEN = Path(__file__).parent / "golden"
@@ -30,13 +30,16 @@ CASES = {
     "small-layer-numeric": ("small", dict(detail="layer", batch=2, seq_len=7)),
     "small-op-no-masks": ("small", dict(detail="op", masks=False)),
     "language-perceiver-layer": ("language-perceiver", dict(detail="layer")),
+    "small-mlm": ("small", dict(model="mlm")),
 }
 
 
 @pytest.mark.parametrize("case", sorted(CASES))
 def test_golden_dot(case):
     preset, options = CASES[case]
-    dot = to_dot(build_encoder_graph(npp.load_preset(preset), name=f"{preset}.json", **options))
+    options = dict(options)
+    build = build_mlm_graph if options.pop("model", None) == "mlm" else build_encoder_graph
+    dot = to_dot(build(npp.load_preset(preset), name=f"{preset}.json", **options))
     path = GOLDEN / f"{case}.dot"
     if REGEN:
         path.write_text(dot, encoding="utf-8")

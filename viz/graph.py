@@ -11,16 +11,22 @@ Kinds:
   ``mask`` (a mask, as given or as the model turns it into what the layers add or multiply), and ``note``
   (a remark for the reader, such as where HF drops a mask);
 * edges -- ``data``, ``mask`` (a mask reaching the operation that applies it), ``residual`` (a tensor added
-  back further on), and ``note`` (ties a remark to what it is about).
+  back further on), ``note`` (ties a remark to what it is about), and ``loop`` (a rolled block's output fed
+  back into its next application: the one kind of edge that may point backwards).
+
+A *compact* edge (``into`` set) is drawn once, into a cluster, and stands for one edge to each node listed
+in ``each`` (every one of them inside that cluster), with its own label: the diagram of a 26-layer encoder
+draws the latent mask once into the block instead of 26 times, and the graph still says exactly which
+operation of which layer it reaches. :meth:`Graph.expanded_edges` spells compact edges out.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Iterator, Optional
 
 NODE_KINDS = ("tensor", "parameter", "operation", "mask", "note")
-EDGE_KINDS = ("data", "mask", "residual", "note")
+EDGE_KINDS = ("data", "mask", "residual", "note", "loop")
 
 
 @dataclass(frozen=True)
@@ -35,6 +41,7 @@ class Node:
     mask: Optional[str] = None  # the mask it is or applies: "inputs_mask", "attention_mask", "head_mask"
     module: str = ""  # the HF module it mirrors (a tooltip)
     steps: tuple[str, ...] = ()  # ids of the npperceiver.shapes steps it shows (empty for notes)
+    shape: str = ""  # the shape of what it outputs, "(B, N, D)", shown in the box (empty for notes)
 
 
 @dataclass(frozen=True)
@@ -48,6 +55,9 @@ class Edge:
     mask: Optional[str] = None  # for mask edges: which mask ("inputs_mask", "attention_mask", "head_mask")
     dropped: bool = False  # a mask edge ending where HF throws that mask away
     wrap: bool = False  # layout hint: the flow continues in a new column here
+    remark: str = ""  # words drawn along the edge ("ignored", "added in each of the 26 layers"); label is data
+    into: Optional[str] = None  # compact edge: drawn into this cluster, standing for one edge to each of `each`
+    each: tuple[tuple[str, str], ...] = ()  # compact edge: (node id, label) of every edge it stands for
 
 
 @dataclass(frozen=True)
@@ -72,10 +82,12 @@ class Graph:
     nodes: dict[str, Node] = field(default_factory=dict)
     edges: list[Edge] = field(default_factory=list)
     clusters: dict[str, Cluster] = field(default_factory=dict)
-    # Layout hints, which a renderer may follow: the nodes heading each column of the flow, left to right,
-    # and groups of nodes to draw side by side in the given order.
-    columns: list[str] = field(default_factory=list)
+    # Layout hints, which a renderer may follow: groups of nodes to draw side by side in the given order,
+    # and the *pieces* of the picture (a cluster with all it holds, or a top-level node), in bands from top
+    # to bottom, each band a list of columns from left to right, each column a list of pieces, top to bottom.
     rows: list[tuple[str, ...]] = field(default_factory=list)
+    bottoms: list[str] = field(default_factory=list)  # nodes drawn at the bottom of their piece
+    layout: list[list[list[str]]] = field(default_factory=list)
 
     # ------------------------------------------------------------------ building
     def add_node(self, node: Node) -> Node:
@@ -119,26 +131,30 @@ class Graph:
     def edges_from(self, node_id: str, kind: Optional[str] = None) -> list[Edge]:
         return [e for e in self.edges if e.tail == node_id and (kind is None or e.kind == kind)]
 
+    def expanded_edges(self) -> list[Edge]:
+        """The edges with every compact edge replaced by the edges it stands for, one per node of ``each``."""
+        out: list[Edge] = []
+        for e in self.edges:
+            if e.into is None:
+                out.append(e)
+            else:
+                out += [replace(e, head=head, label=label, into=None, each=()) for head, label in e.each]
+        return out
+
     # ------------------------------------------------------------------ checking
     def validate(self) -> None:
         """Raise ``ValueError`` unless the graph is well-formed.
 
-        Kinds are known; every edge joins existing nodes; cluster ids start with ``cluster_``, parents exist
-        and nest without loops; every node's cluster exists; no cluster is empty; the graph is acyclic.
+        Kinds are known; every edge joins existing nodes; a compact edge stands for edges to nodes inside its
+        cluster; cluster ids start with ``cluster_``, parents exist and nest without loops; every node's
+        cluster exists; no cluster is empty; the graph without its loop edges is acyclic; a loop edge stays
+        inside one block.
         """
         for n in self.nodes.values():
             if n.kind not in NODE_KINDS:
                 raise ValueError(f"node {n.id!r} has unknown kind {n.kind!r}")
             if n.cluster is not None and n.cluster not in self.clusters:
                 raise ValueError(f"node {n.id!r} is in unknown cluster {n.cluster!r}")
-        for e in self.edges:
-            if e.kind not in EDGE_KINDS:
-                raise ValueError(f"edge {e.tail!r} -> {e.head!r} has unknown kind {e.kind!r}")
-            for end in (e.tail, e.head):
-                if end not in self.nodes:
-                    raise ValueError(f"edge {e.tail!r} -> {e.head!r} names unknown node {end!r}")
-            if e.dropped and e.kind != "mask":
-                raise ValueError(f"edge {e.tail!r} -> {e.head!r}: only mask edges can be dropped")
         for c in self.clusters.values():
             if not c.id.startswith("cluster_"):
                 raise ValueError(f"cluster id {c.id!r} must start with 'cluster_'")
@@ -152,20 +168,73 @@ class Graph:
                 parent = self.clusters[parent].parent
             if not self.nodes_in(c.id) and not self.child_clusters(c.id):
                 raise ValueError(f"cluster {c.id!r} is empty")
-        for hint in (self.columns, *self.rows):
+        for e in self.edges:
+            if e.kind not in EDGE_KINDS:
+                raise ValueError(f"edge {e.tail!r} -> {e.head!r} has unknown kind {e.kind!r}")
+            for end in (e.tail, e.head):
+                if end not in self.nodes:
+                    raise ValueError(f"edge {e.tail!r} -> {e.head!r} names unknown node {end!r}")
+            if e.dropped and e.kind != "mask":
+                raise ValueError(f"edge {e.tail!r} -> {e.head!r}: only mask edges can be dropped")
+            if (e.into is None) != (not e.each):
+                raise ValueError(f"edge {e.tail!r} -> {e.head!r}: a compact edge needs both into and each")
+            if e.into is not None:
+                if e.into not in self.clusters:
+                    raise ValueError(f"edge {e.tail!r} -> {e.head!r} goes into unknown cluster {e.into!r}")
+                heads = [head for head, _ in e.each]
+                for head in heads:
+                    if head not in self.nodes or not self.within(head, e.into):
+                        raise ValueError(f"compact edge {e.tail!r} -> {e.into!r} stands for an edge to {head!r}, "
+                                         f"which is not a node inside {e.into!r}")
+                if e.head not in heads or len(set(heads)) != len(heads):
+                    raise ValueError(f"compact edge {e.tail!r} -> {e.into!r}: its head {e.head!r} must be one of "
+                                     f"its targets, each listed once")
+            if e.kind == "loop":
+                common = set(self.ancestors(self.nodes[e.tail].cluster)) & set(self.ancestors(self.nodes[e.head].cluster))
+                if not any(self.clusters[c].role == "block" for c in common):
+                    raise ValueError(f"loop edge {e.tail!r} -> {e.head!r} must stay inside one block")
+        for hint in (*self.rows, self.bottoms):
             for node_id in hint:
                 if node_id not in self.nodes:
                     raise ValueError(f"layout hint names unknown node {node_id!r}")
+        if self.layout:
+            self._validate_layout()
         self.topological_order()  # raises on a cycle
 
+    def pieces(self) -> list[str]:
+        """The pieces named by ``layout``, in reading order."""
+        return [piece for band in self.layout for column in band for piece in column]
+
+    def piece_nodes(self, piece: str) -> set[str]:
+        """The nodes a piece holds: the node itself, or every node inside the cluster."""
+        if piece in self.nodes:
+            return {piece}
+        return {n for n in self.nodes if self.within(n, piece)}
+
+    def _validate_layout(self) -> None:
+        seen: dict[str, str] = {}
+        for piece in self.pieces():
+            if piece not in self.nodes and piece not in self.clusters:
+                raise ValueError(f"layout names unknown piece {piece!r}")
+            for n in self.piece_nodes(piece):
+                if n in seen:
+                    raise ValueError(f"node {n!r} is in two layout pieces, {seen[n]!r} and {piece!r}")
+                seen[n] = piece
+        missing = sorted(set(self.nodes) - set(seen))
+        if missing:
+            raise ValueError(f"layout leaves out nodes {missing[:5]}")
+
     def topological_order(self) -> list[str]:
-        """Node ids so that every edge points forward; ``ValueError`` if the graph has a cycle.
+        """Node ids so that every edge but the loop edges points forward; ``ValueError`` if the graph has a
+        cycle.
 
         Ties keep insertion order, so the result is deterministic.
         """
         indegree = {n: 0 for n in self.nodes}
         out: dict[str, list[str]] = {n: [] for n in self.nodes}
         for e in self.edges:
+            if e.kind == "loop":
+                continue
             indegree[e.head] += 1
             out[e.tail].append(e.head)
         ready = [n for n in self.nodes if indegree[n] == 0]
