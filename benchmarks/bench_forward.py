@@ -20,7 +20,7 @@ with one block, M from 512 to 50,176), showing the cost of each extra input and 
 
 Usage::
 
-    python benchmarks/bench_forward.py                        # all configs, 1 and 2 threads (~10 min)
+    python benchmarks/bench_forward.py                        # all configs, 1 and 2 threads (~8 min)
     python benchmarks/bench_forward.py --quick                # tiny sizes, a smoke run of every code path
     python benchmarks/bench_forward.py --configs language --threads 1 --repeats 9
 
