@@ -53,6 +53,11 @@ sys.path.insert(0, str(ROOT))  # run from a checkout without installing
 
 import npperceiver as npp  # noqa: E402
 
+try:
+    import threadpoolctl
+except ImportError:  # then only torch's threads can be set; see threads()
+    threadpoolctl = None
+
 MiB = 2**20
 PARITY_RTOL = 1e-5  # as in tests/test_parity.py
 
@@ -142,15 +147,18 @@ def build_pair(config: dict, seed: int = 0):
 
 @contextmanager
 def threads(n: int):
-    """numpy's BLAS and torch limited to ``n`` threads; yields the BLAS libraries' state."""
-    import threadpoolctl
+    """numpy's BLAS (through threadpoolctl) and torch limited to ``n`` threads. Without threadpoolctl
+    only torch's threads are set, and the run says so (numpy then uses its BLAS's default)."""
     import torch
 
     before = torch.get_num_threads()
     torch.set_num_threads(n)
     try:
-        with threadpoolctl.threadpool_limits(limits=n, user_api="blas"):
-            yield threadpoolctl.threadpool_info()
+        if threadpoolctl is None:
+            yield
+        else:
+            with threadpoolctl.threadpool_limits(limits=n, user_api="blas"):
+                yield
     finally:
         torch.set_num_threads(before)
 
@@ -262,7 +270,6 @@ def _row_line(r: dict) -> str:
 # ---------------------------------------------------------------------------- reporting
 def environment(thread_counts: list[int]) -> dict:
     """Versions, CPU, BLAS (as threadpoolctl sees it at each thread count) and the BLAS variables."""
-    import threadpoolctl
     import torch
     import transformers
 
@@ -275,8 +282,9 @@ def environment(thread_counts: list[int]) -> dict:
     blas = {}
     for n in thread_counts:
         with threads(n):
+            libraries = threadpoolctl.threadpool_info() if threadpoolctl is not None else []
             blas[n] = [{k: lib.get(k) for k in ("internal_api", "version", "architecture", "num_threads")}
-                       for lib in threadpoolctl.threadpool_info() if lib.get("user_api") == "blas"]
+                       for lib in libraries if lib.get("user_api") == "blas"]
     return dict(
         date=datetime.datetime.now().isoformat(timespec="seconds"), cpu=cpu, nproc=os.cpu_count(),
         python=platform.python_version(), numpy=np.__version__, torch=torch.__version__,
@@ -292,6 +300,7 @@ def markdown(results: dict) -> str:
     env = results["environment"]
     kernels = sorted({f"{b['internal_api']} {b['version']} ({b['architecture']} kernels)"
                       for libs in env["blas"].values() for b in libs})
+    kernels = kernels or ["its default BLAS threads (threadpoolctl is not installed: thread counts apply to torch only)"]
     peaks = ", ".join(f"{n} thread{'s' * (n > 1)}: {g:.0f} GFLOP/s" for n, g in results["sgemm_peak"].items())
     peaks += " (best run, measured at the start and the end)"
     lines = [
