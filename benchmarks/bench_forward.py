@@ -300,7 +300,7 @@ def markdown(results: dict) -> str:
     env = results["environment"]
     kernels = sorted({f"{b['internal_api']} {b['version']} ({b['architecture']} kernels)"
                       for libs in env["blas"].values() for b in libs})
-    kernels = kernels or ["its default BLAS threads (threadpoolctl is not installed: thread counts apply to torch only)"]
+    kernels = kernels or ["its default BLAS threads (no threadpoolctl: thread counts apply to torch only)"]
     peaks = ", ".join(f"{n} thread{'s' * (n > 1)}: {g:.0f} GFLOP/s" for n, g in results["sgemm_peak"].items())
     peaks += " (best run, measured at the start and the end)"
     lines = [
@@ -349,8 +349,8 @@ def sweep_markdown(rows: list[dict]) -> list[str]:
             times = (plain["np_ms"], chunked["np_ms"], plain["torch_ms"])
             slope = "—" if first is None else " / ".join(
                 f"{1e3 * (t - t0) / (m - first[0]):.1f}" for t, t0 in zip(times, first[1]))
-            out.append(f"| {m} | {times[0]:.0f} | {times[1]:.0f} | {times[2]:.0f} | {slope} "
-                       f"| {_num(plain['np_peak_mib'])} | {_num(chunked['np_peak_mib'])} | {_num(plain['torch_peak_mib'])} |")
+            memory = " | ".join(_num(r) for r in (plain["np_peak_mib"], chunked["np_peak_mib"], plain["torch_peak_mib"]))
+            out.append(f"| {m} | {times[0]:.0f} | {times[1]:.0f} | {times[2]:.0f} | {slope} | {memory} |")
             first = first or (m, times)
     return out
 
