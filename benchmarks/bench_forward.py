@@ -349,7 +349,8 @@ def sweep_markdown(rows: list[dict]) -> list[str]:
             times = (plain["np_ms"], chunked["np_ms"], plain["torch_ms"])
             slope = "—" if first is None else " / ".join(
                 f"{1e3 * (t - t0) / (m - first[0]):.1f}" for t, t0 in zip(times, first[1]))
-            memory = " | ".join(_num(r) for r in (plain["np_peak_mib"], chunked["np_peak_mib"], plain["torch_peak_mib"]))
+            memory = " | ".join(_num(v) for v in (plain["np_peak_mib"], chunked["np_peak_mib"],
+                                                  plain["torch_peak_mib"]))
             out.append(f"| {m} | {times[0]:.0f} | {times[1]:.0f} | {times[2]:.0f} | {slope} | {memory} |")
             first = first or (m, times)
     return out
