@@ -52,6 +52,7 @@ def perceiver_encoder(
     inputs_mask: Optional[np.ndarray] = None,
     output_attentions: bool = False,
     output_hidden_states: bool = False,
+    cross_attention_chunk_size: Optional[int] = None,
 ) -> EncoderOutput:
     """HF ``PerceiverEncoder.forward``, call by call.
 
@@ -65,6 +66,11 @@ def perceiver_encoder(
         so rows ``S .. L-1`` are never used.
     inputs : shape (B, M, C).
     inputs_mask : additive, broadcastable to (B, Hc, N, M); used only by the cross-attention.
+    output_attentions : also return every layer's probabilities. Without them each softmax skips its
+        division of the (B, H, N, K) scores and divides the (B, H, N, d) context instead.
+    cross_attention_chunk_size : stream the cross-attention over the inputs this many at a time (an
+        online softmax), so its memory stays flat as M grows; same result to float32 rounding. Not used
+        with ``output_attentions`` (the (B, Hc, N, M) probabilities are then materialised anyway).
     """
     cross, self_attends = params["cross_attention"], params["self_attends"]
     all_hidden_states = () if output_hidden_states else None
@@ -75,7 +81,8 @@ def perceiver_encoder(
         cross, hidden_states, config.num_cross_attention_heads,
         use_query_residual=config.use_query_residual, hidden_act=config.hidden_act,
         attention_mask=attention_mask, head_mask=None, inputs=inputs, inputs_mask=inputs_mask,
-    )  # (B, N, D), (B, Hc, N, M)
+        output_attentions=output_attentions, inputs_chunk_size=cross_attention_chunk_size,
+    )  # (B, N, D), (B, Hc, N, M) or None
     all_cross_attentions = (cross_probs,) if output_attentions else None
 
     # The block of self-attention layers, applied num_blocks times with the same weights.
@@ -87,7 +94,8 @@ def perceiver_encoder(
                 layer, hidden_states, config.num_self_attention_heads, use_query_residual=True,
                 hidden_act=config.hidden_act, attention_mask=attention_mask,
                 head_mask=None if head_mask is None else head_mask[i],  # row i, whatever the block
-            )  # (B, N, D), (B, Hs, N, N)
+                output_attentions=output_attentions,
+            )  # (B, N, D), (B, Hs, N, N) or None
             if output_attentions:
                 all_self_attentions += (probs,)
         if output_hidden_states:

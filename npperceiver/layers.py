@@ -23,7 +23,7 @@ from .functional import ACT2FN, layer_norm, linear
 def perceiver_mlp(params: Params, hidden_states: np.ndarray, hidden_act: str = "gelu") -> np.ndarray:
     """HF ``PerceiverMLP.forward``: (B, T, D) -> (B, T, wf*D) -> act -> (B, T, D)."""
     hidden = linear(hidden_states, **params["dense1"])  # (B, T, D) -> (B, T, wf*D)
-    hidden = ACT2FN[hidden_act](hidden)  # exact-erf GELU for "gelu"
+    hidden = ACT2FN[hidden_act](hidden, out=hidden)  # exact-erf GELU for "gelu"; in place, hidden is ours
     return linear(hidden, **params["dense2"])  # (B, T, wf*D) -> (B, T, D)
 
 
@@ -37,16 +37,23 @@ def perceiver_layer(
     head_mask: Optional[np.ndarray] = None,
     inputs: Optional[np.ndarray] = None,
     inputs_mask: Optional[np.ndarray] = None,
-) -> tuple[np.ndarray, np.ndarray]:
+    *,
+    output_attentions: bool = True,
+    inputs_chunk_size: Optional[int] = None,
+) -> tuple[np.ndarray, Optional[np.ndarray]]:
     """HF ``PerceiverLayer.forward``: a pre-LN transformer layer over the latents.
 
     hidden_states: shape (B, N, D). Cross-attention when ``inputs`` (B, M, C) is given.
-    Returns the layer output (B, N, D) and the attention probabilities (B, H, N, M or N).
+    Returns the layer output (B, N, D) and the attention probabilities (B, H, N, M or N) -- None in their
+    place with ``output_attentions=False``, the faster path. ``inputs_chunk_size`` streams a
+    cross-attention over its inputs (see ``attention.perceiver_self_attention``).
     """
     attention_output, probs = perceiver_attention(
         params["attention"], hidden_states, num_heads, use_query_residual=use_query_residual,
         attention_mask=attention_mask, head_mask=head_mask, inputs=inputs, inputs_mask=inputs_mask,
-    )  # (B, N, D), (B, H, N, K)
+        output_attentions=output_attentions, inputs_chunk_size=inputs_chunk_size,
+    )  # (B, N, D), (B, H, N, K) or None
     layer_output = layer_norm(attention_output, **params["layernorm"])  # (B, N, D)
     layer_output = perceiver_mlp(params["mlp"], layer_output, hidden_act)  # (B, N, D)
-    return layer_output + attention_output, probs  # residual around the MLP
+    layer_output += attention_output  # residual around the MLP, in place on the MLP's new output
+    return layer_output, probs

@@ -76,6 +76,7 @@ class PerceiverModel:
         latent_mask: Optional[Any] = None,
         output_attentions: bool = False,
         output_hidden_states: bool = False,
+        cross_attention_chunk_size: Optional[int] = None,
     ) -> PerceiverModelOutput:
         """Encode ``inputs`` (B, M, d_model) into latents (B, N, D) -- HF ``PerceiverModel.forward``.
 
@@ -87,34 +88,55 @@ class PerceiverModel:
             *every* block reads row i, so rows S..L-1 change nothing.
         latent_mask : shape (B, N), 1 keeps a latent as a key in every self-attention layer.
         output_attentions, output_hidden_states : also return the probabilities / intermediate latents.
+        cross_attention_chunk_size : None (the default: one pass, as HF) or a positive int: the
+            cross-attention then streams over the inputs that many at a time with an online softmax, so
+            its extra memory stays flat as M grows instead of holding the (B, Hc, N, M) scores. Same
+            result to float32 rounding, masks included. Ignored with ``output_attentions=True``, which
+            needs the full cross-attention probabilities. Pays off for long inputs (a few thousand and
+            up; see docs/performance.md); 1024 to 2048 is a good value.
         """
         cfg = self.config
         inputs = _check_inputs(inputs, cfg.d_model)  # (B, M, C) float32
         B, M, _ = inputs.shape
         N = cfg.num_latents
+        _check_chunk_size(cross_attention_chunk_size)
 
         # attention_mask over the inputs -> additive inputs_mask (B, 1, 1, M) for the cross-attention.
-        # (HF makes an all-ones mask when none is given; adding its zeros changes nothing, so we skip it.)
+        # (HF makes an all-ones mask when none is given; adding its zeros changes nothing, so we skip
+        # it -- and likewise skip a given mask that keeps every input, as transformers 5 does.)
         inputs_mask = None
         if attention_mask is not None:
             keep = check_keep_mask(attention_mask, "attention_mask", (B, M), "(B, M)")
-            inputs_mask = invert_attention_mask(keep)  # (B, M) -> (B, 1, 1, M)
+            if not keep.all():
+                inputs_mask = invert_attention_mask(keep)  # (B, M) -> (B, 1, 1, M)
 
         # latent_mask over the latents -> the encoder's additive attention_mask (B, 1, 1, N).
         latent_bias = None
         if latent_mask is not None:
             keep = check_keep_mask(latent_mask, "latent_mask", (B, N), "(B, N)")
-            latent_bias = invert_attention_mask(keep)  # (B, N) -> (B, 1, 1, N)
+            if not keep.all():
+                latent_bias = invert_attention_mask(keep)  # (B, N) -> (B, 1, 1, N)
 
         head_mask = get_head_mask(head_mask, cfg.num_self_attention_heads, cfg.num_self_attention_layers)
+        if head_mask is not None and np.all(head_mask == 1):
+            head_mask = None  # multiplying by ones changes no number
 
         latents = latent_array(self.params["embeddings"]["latents"], B)  # (N, D) -> (B, N, D)
         out = perceiver_encoder(
             self.params["encoder"], cfg, latents, attention_mask=latent_bias, head_mask=head_mask,
             inputs=inputs, inputs_mask=inputs_mask,
             output_attentions=output_attentions, output_hidden_states=output_hidden_states,
+            cross_attention_chunk_size=cross_attention_chunk_size,
         )
         return PerceiverModelOutput(out.last_hidden_state, out.hidden_states, out.attentions, out.cross_attentions)
+
+
+def _check_chunk_size(chunk_size: Any) -> None:
+    """``cross_attention_chunk_size`` must be None or a positive int."""
+    if chunk_size is None:
+        return
+    if isinstance(chunk_size, bool) or not isinstance(chunk_size, (int, np.integer)) or chunk_size <= 0:
+        raise ValueError(f"cross_attention_chunk_size must be None or a positive integer, got {chunk_size!r}")
 
 
 def _check_inputs(inputs: Any, d_model: int) -> np.ndarray:
