@@ -11,7 +11,9 @@ Faithful to transformers 4.57.6 to float32 rounding -- masks, ``output_attention
 ((2, 16, 32), dtype('float32'))
 """
 
-from .attention import perceiver_attention, perceiver_self_attention, scaled_dot_product_attention
+from .attention import (
+    perceiver_attention, perceiver_self_attention, scaled_dot_product_attention, streaming_cross_attention,
+)
 from .config import PerceiverConfig
 from .encoder import EncoderOutput, latent_array, perceiver_encoder
 from .layers import perceiver_layer, perceiver_mlp
@@ -30,6 +32,7 @@ __all__ = [
     "available_presets", "get_head_mask", "invert_attention_mask", "latent_array", "load_preset",
     "load_weights", "param_shapes", "perceiver_attention", "perceiver_encoder", "perceiver_layer",
     "perceiver_mlp", "perceiver_self_attention", "save_weights", "scaled_dot_product_attention",
+    "streaming_cross_attention",
     "__version__",
     "PerceiverForMaskedLM", "PerceiverMaskedLMOutput", "PerceiverTokenizer", "mlm_param_shapes",
 ]

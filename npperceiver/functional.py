@@ -57,6 +57,8 @@ def layer_norm(x: np.ndarray, weight: np.ndarray, bias: np.ndarray, eps: float =
     """
     dim = x.shape[-1]
     centered = x - row_sum(x) / dim  # (..., dim) - (..., 1): the one new full-size array
+    centered -= row_sum(centered) / dim  # (..., dim) - (..., 1): one refinement of the float32 mean, so a
+    #   constant row centres to exactly 0 and gives exactly ``bias``, as torch's (Welford) LayerNorm does
     sum_sq = np.einsum("...i,...i->...", centered, centered)[..., None]  # (..., dim) -> (..., 1), no temporary
     centered /= np.sqrt(sum_sq / dim + eps)  # (..., dim) / (..., 1): divide by the standard deviation
     centered *= weight  # (..., dim) * (dim,)

@@ -31,3 +31,14 @@ def test_softmax_of_huge_scores_is_finite():
     assert np.all(np.isfinite(p))
     np.testing.assert_array_equal(p[0], [1.0, 0.0, 0.0])
     np.testing.assert_array_equal(p[1], np.full(3, np.float32(1) / np.float32(3)))
+
+
+def test_layer_norm_of_a_constant_row_is_exactly_the_bias():
+    """A constant row has zero variance: torch's LayerNorm returns exactly ``bias``; so must ours (a float32
+    mean that misses the constant by one ulp would be amplified by 1/sqrt(eps) = 316)."""
+    from npperceiver.functional import layer_norm
+
+    rng = np.random.default_rng(0)
+    weight, bias = rng.standard_normal((2, 1280)).astype(np.float32)
+    rows = np.array([[0.1], [3.7], [-12.3456], [1e-3]], np.float32) * np.ones((1, 1280), np.float32)
+    assert np.array_equal(layer_norm(rows, weight, bias), np.broadcast_to(bias, rows.shape))
