@@ -45,7 +45,7 @@ from .masks import check_keep_mask, invert_attention_mask
 from .model import PerceiverModel
 from .shapes import AttentionDims
 from .tokenizer import MASK_ID
-from .weights import PREFIX, _layer_shapes, flatten, init_params, param_shapes, params_from_shapes
+from .weights import PREFIX, layer_param_shapes, flatten, init_params, param_shapes, params_from_shapes
 
 #: HF ``PerceiverForMaskedLM``: the decoding cross-attention's head count and query/key width, fixed.
 MLM_DECODER_HEADS = 8
@@ -86,7 +86,7 @@ def mlm_param_shapes(config: PerceiverConfig) -> dict[str, tuple[int, ...]]:
     }
     shapes.update({PREFIX + key: shape for key, shape in param_shapes(config).items()})  # the encoder
     shapes[f"{PREFIX}decoder.output_position_encodings.position_embeddings"] = (P, C)
-    shapes.update(_layer_shapes(f"{PREFIX}decoder.decoding_cross_attention", decoder_attention_dims(config)))
+    shapes.update(layer_param_shapes(f"{PREFIX}decoder.decoding_cross_attention", decoder_attention_dims(config)))
     shapes["embedding_decoder.bias"] = (V,)
     return shapes
 

@@ -32,8 +32,8 @@ PREFIX = "perceiver."  # what PerceiverForMaskedLM & co. put before the Perceive
 
 
 # ---------------------------------------------------------------------------- the key map
-def _layer_shapes(prefix: str, dims: AttentionDims) -> dict[str, tuple[int, ...]]:
-    """Parameter shapes of one HF ``PerceiverLayer``."""
+def layer_param_shapes(prefix: str, dims: AttentionDims) -> dict[str, tuple[int, ...]]:
+    """Parameter shapes of one HF ``PerceiverLayer`` whose keys start with ``prefix`` (encoder or decoder)."""
     q, kv, qk, v, out, hid = (dims.q_dim, dims.kv_dim, dims.qk_channels, dims.v_channels,
                               dims.output_channels, dims.mlp_hidden)
     s = f"{prefix}.attention.self"
@@ -55,9 +55,9 @@ def _layer_shapes(prefix: str, dims: AttentionDims) -> dict[str, tuple[int, ...]
 def param_shapes(config: "PerceiverConfig") -> dict[str, tuple[int, ...]]:
     """Every parameter of HF ``PerceiverModel(config)`` (no preprocessor), by state-dict key, in HF order."""
     shapes: dict[str, tuple[int, ...]] = {"embeddings.latents": (config.num_latents, config.d_latents)}
-    shapes.update(_layer_shapes("encoder.cross_attention", config.cross_attention))
+    shapes.update(layer_param_shapes("encoder.cross_attention", config.cross_attention))
     for i in range(config.num_self_attends_per_block):
-        shapes.update(_layer_shapes(f"encoder.self_attends.{i}", config.self_attention))
+        shapes.update(layer_param_shapes(f"encoder.self_attends.{i}", config.self_attention))
     return shapes
 
 
