@@ -133,23 +133,25 @@ def rel_error(ours: np.ndarray, ref: np.ndarray) -> float:
     return float(diff) / scale
 
 
-def compare_outputs(hf_out: Mapping[str, Any], np_out: Any, where: str, rtol: float = RTOL) -> float:
+def compare_outputs(hf_out: Mapping[str, Any], np_out: Any, where: str, rtol: float = RTOL,
+                    fields: tuple[str, ...] = OUTPUT_FIELDS, single: tuple[str, ...] = ("last_hidden_state",)) -> float:
     """Compare every output field, entry by entry; return the worst relative error.
 
-    Checks, for each of ``last_hidden_state``, ``hidden_states``, ``attentions``, ``cross_attentions``:
-    presence (None on one side only fails), tuple length, shape, float32 dtype, finiteness and
+    Checks, for each of ``fields`` (by default ``last_hidden_state``, ``hidden_states``, ``attentions``,
+    ``cross_attentions``; ``single`` names those that are one tensor, not a tuple): presence (None on one
+    side only fails), tuple length, shape, float32 dtype, finiteness and
     ``max |ours - HF| <= rtol * max(1, max |HF|)``. Failures name ``where``, the field and the entry.
     """
     worst = 0.0
     problems = []
-    for field in OUTPUT_FIELDS:
-        ref, ours = hf_out[field], getattr(np_out, field)
+    for field in fields:
+        ref, ours = hf_out.get(field), getattr(np_out, field)  # HF drops None fields from its mapping
         if ref is None or ours is None:
             if (ref is None) != (ours is None):
                 problems.append(f"{field}: HF gives {'None' if ref is None else type(ref).__name__}, "
                                 f"npperceiver gives {'None' if ours is None else type(ours).__name__}")
             continue
-        if field == "last_hidden_state":
+        if field in single:
             pairs = [("", ref, ours)]
         else:
             if len(ref) != len(ours):
@@ -157,7 +159,7 @@ def compare_outputs(hf_out: Mapping[str, Any], np_out: Any, where: str, rtol: fl
                 continue
             pairs = [(f"[{i}]", r, o) for i, (r, o) in enumerate(zip(ref, ours))]
         for idx, r, o in pairs:
-            r = r.detach().numpy()
+            r, o = r.detach().numpy(), np.asarray(o) if np.isscalar(o) else o
             label = f"{field}{idx}"
             if not isinstance(o, np.ndarray) or o.shape != r.shape:
                 problems.append(f"{label}: shape {getattr(o, 'shape', type(o).__name__)}, HF {r.shape}")

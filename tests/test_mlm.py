@@ -110,37 +110,12 @@ def _hf_call(hf, input_ids, **kwargs):
 
 
 def compare_mlm(hf_out, ours, rtol: float) -> float:
-    """Every MLM output, entry by entry: presence, count, shape, float32, finiteness, relative error.
-    Returns the worst relative error ``max |ours - HF| / max(1, max |HF|)``."""
-    from hf_reference import rel_error
+    """Every MLM output, entry by entry (see ``hf_reference.compare_outputs``); the worst relative error."""
+    from hf_reference import compare_outputs
 
-    worst, problems = 0.0, []
-    for field in ("loss", "logits", "hidden_states", "attentions", "cross_attentions"):
-        ref, got = getattr(hf_out, field), getattr(ours, field)
-        if (ref is None) != (got is None):
-            problems.append(f"{field}: HF {type(ref).__name__}, npperceiver {type(got).__name__}")
-            continue
-        if ref is None:
-            continue
-        refs, gots = ((ref,), (got,)) if field in ("loss", "logits") else (ref, got)
-        if len(refs) != len(gots):
-            problems.append(f"{field}: HF has {len(refs)} entries, npperceiver {len(gots)}")
-            continue
-        for i, (r, g) in enumerate(zip(refs, gots)):
-            r, g = r.detach().numpy(), np.asarray(g)
-            label = f"{field}[{i}]"
-            if g.shape != r.shape or g.dtype != np.float32:
-                problems.append(f"{label}: {g.dtype}{g.shape}, HF float32{r.shape}")
-                continue
-            if not np.all(np.isfinite(g)):
-                problems.append(f"{label}: non-finite values")
-                continue
-            err = rel_error(g, r)
-            worst = max(worst, err)
-            if not err <= rtol:
-                problems.append(f"{label}: relative error {err:.3g} > {rtol:g}")
-    assert not problems, "outputs differ from HF:\n  " + "\n  ".join(problems)
-    return worst
+    return compare_outputs(hf_out, ours, "PerceiverForMaskedLM", rtol,
+                           fields=("loss", "logits", "hidden_states", "attentions", "cross_attentions"),
+                           single=("loss", "logits"))
 
 
 @pytest.mark.parametrize("case", list(CASES))
