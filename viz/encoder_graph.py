@@ -257,6 +257,14 @@ class _Builder:
         lines = (pretty(s.op),) if lines is None else lines
         self.add(s, Node(self.node_id(s.id), kind, pretty(label or s.name), lines, cluster, module=s.module, **kw))
 
+    def described_steps(self, steps: list[Step], cluster: str, text: dict, **kw) -> None:
+        """Draw each step with the label and lines ``text[step.id]`` gives it, and the edges into it.
+        Each keyword maps step ids to a node attribute (``mask=MASK_FAMILY``: each mask node's family)."""
+        for s in steps:
+            label, lines = text[s.id]
+            self.step_node(s, cluster, label, lines, **{attr: by_id[s.id] for attr, by_id in kw.items()})
+            self.edges_into(s)
+
     def edges_into(self, s: Step, rename: Optional[dict] = None, residuals: bool = True) -> None:
         """Edges into the node showing step ``s``: its data, its residual and (when drawn) its mask.
 
@@ -309,10 +317,7 @@ class _Builder:
             "text/position_embeddings": ("position_embeddings", (f"{P} positions × {C}",)),
             "text/inputs": ("+ position_embeddings[:M]", ("position m added to token m",)),
         }
-        for s in steps:
-            label, lines = text[s.id]
-            self.step_node(s, "cluster_text", label, lines)
-            self.edges_into(s)
+        self.described_steps(steps, "cluster_text", text)
 
     def sources(self, steps: list[Step]) -> None:
         mlm = self.model == "mlm"
@@ -324,10 +329,7 @@ class _Builder:
             "inputs/latents": ("embeddings.latents", (f"learned: {N} latents × {D}",)),
             "inputs/embeddings": ("expand to batch", ("the same latents for every row",)),
         }
-        for s in steps:
-            label, lines = text[s.id]
-            self.step_node(s, "cluster_inputs", label, lines)
-            self.edges_into(s)
+        self.described_steps(steps, "cluster_inputs", text)
 
     def mask_sources(self, steps: list[Step]) -> None:
         mlm = self.model == "mlm"
@@ -344,10 +346,7 @@ class _Builder:
         }
         if mlm:
             text["masks/attention_mask"] = ("attention_mask", ("padding: 1 keeps a token, 0 drops it",))
-        for s in steps:
-            label, lines = text[s.id]
-            self.step_node(s, "cluster_masks", label, lines, mask=MASK_FAMILY[s.id])
-            self.edges_into(s)
+        self.described_steps(steps, "cluster_masks", text, mask=MASK_FAMILY)
         given = [s.id for s in steps if not s.inputs]
         if "masks/latent_mask" not in given:  # else mask_notes sets the row, with the note in it
             self.g.rows.append(tuple(self.drawn_as[i] for i in given))  # the masks as given, side by side
@@ -635,10 +634,7 @@ class _Builder:
                                                         (f"learned output queries: {P} × {C}",)),
             "decoder_query/queries": ("decoder_query: expand to batch", ("the same queries whatever the input",)),
         }
-        for s in steps:
-            label, lines = text[s.id]
-            self.step_node(s, "cluster_decoder", label, lines)
-            self.edges_into(s)
+        self.described_steps(steps, "cluster_decoder", text)
 
     def embedding_decoder(self, steps: list[Step]) -> None:
         self.g.add_cluster(Cluster("cluster_embedding_decoder", "embedding_decoder", None, role="embedding_decoder",
@@ -648,10 +644,7 @@ class _Builder:
             "embedding_decoder/bias": ("bias", (f"one per token: {V}",)),
             "embedding_decoder/logits": ("@ Eᵀ + bias", ("E: the preprocessor's token embedding (tied)",)),
         }
-        for s in steps:
-            label, lines = text[s.id]
-            self.step_node(s, "cluster_embedding_decoder", label, lines)
-            self.edges_into(s)
+        self.described_steps(steps, "cluster_embedding_decoder", text)
 
 
 #: In op detail, steps drawn in the box of an earlier step: the split into heads goes with its projection,
