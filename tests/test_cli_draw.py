@@ -148,17 +148,21 @@ def test_usage_errors_exit_2(run, args):
 
 
 # ---------------------------------------------------------------------------- explain
-def test_explain_lists_every_step_in_order(run):
-    res = run("explain", "--config", "small", "--batch", "2", "--seq-len", "5")
-    assert res.exit_code == 0, res.stderr
-    steps = encoder_steps(npp.load_preset("small"), batch=2, seq_len=5)
-    rows = [line for line in res.stdout.splitlines() if line[:1].isdigit()]
+def assert_rows_are_the_steps(stdout: str, steps) -> None:
+    """One table row per step, in order: its number, HF module, output shape and mask."""
+    rows = [line for line in stdout.splitlines() if line[:1].isdigit()]
     assert len(rows) == len(steps)
     for i, (row, s) in enumerate(zip(rows, steps)):
         cells = row.split()
         assert cells[0] == str(i) and cells[1] == s.module
-        assert f"({', '.join(map(str, s.shape))})" in row
+        assert f"({', '.join(map(str, s.shape))}{',' if len(s.shape) == 1 else ''})" in row
         assert row.rstrip().endswith(s.mask) if s.mask else True
+
+
+def test_explain_lists_every_step_in_order(run):
+    res = run("explain", "--config", "small", "--batch", "2", "--seq-len", "5")
+    assert res.exit_code == 0, res.stderr
+    assert_rows_are_the_steps(res.stdout, encoder_steps(npp.load_preset("small"), batch=2, seq_len=5))
     assert "head_mask[1]" in res.stdout and "-- encoder.self_attends.1, block 2 of 2" in res.stdout
 
 
@@ -206,12 +210,7 @@ def test_mlm_refuses_unsuitable_configs_in_one_line(run, tmp_path):
 def test_explain_mlm_lists_every_step_in_order(run):
     res = run("explain", "--config", "small", "--model", "mlm", "--batch", "2", "--seq-len", "5")
     assert res.exit_code == 0, res.stderr
-    steps = mlm_steps(npp.load_preset("small"), batch=2, seq_len=5)
-    rows = [line for line in res.stdout.splitlines() if line[:1].isdigit()]
-    assert len(rows) == len(steps)
-    for i, (row, s) in enumerate(zip(rows, steps)):
-        cells = row.split()
-        assert cells[0] == str(i) and cells[1] == s.module
+    assert_rows_are_the_steps(res.stdout, mlm_steps(npp.load_preset("small"), batch=2, seq_len=5))
     out = res.stdout
     assert out.startswith("Perceiver IO masked language model forward pass: small.json") and "V=262 P=64" in out
     for heading in ("-- perceiver.input_preprocessor", "-- perceiver.decoder: the output queries",
