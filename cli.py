@@ -16,6 +16,11 @@ from typing import Callable, Optional
 import click
 
 import npperceiver
+from npperceiver.config import PerceiverConfig
+from npperceiver.presets import available_presets, load_preset
+from npperceiver.trace import encoder_steps, format_shape, mlm_steps, scope_title
+from npperceiver.viz.encoder_graph import build_encoder_graph, build_mlm_graph
+from npperceiver.viz.render import dot_available, layout_dot, render, to_dot
 
 
 class CliError(click.ClickException):
@@ -74,8 +79,6 @@ def draw_encoder(config_name: str, model: str, output: Optional[str], fmt: Optio
       npperceiver draw-encoder --config language-perceiver --seq-len 2048 --format dot -o -
       npperceiver draw-encoder --config small.json --model mlm -o small-mlm.svg
     """
-    from viz.encoder_graph import build_encoder_graph, build_mlm_graph
-    from viz.render import dot_available, layout_dot, render, to_dot
 
     config, name = _load_config(config_name)
     if fmt is None:
@@ -126,7 +129,6 @@ def explain(config_name: str, model: str, batch: Optional[int], seq_len: Optiona
       npperceiver explain --config language-perceiver --batch 1 --seq-len 2048 | less
       npperceiver explain --config small.json --model mlm
     """
-    from npperceiver.shapes import encoder_steps, format_shape, mlm_steps
 
     config, name = _load_config(config_name)
     if model == "mlm":
@@ -151,7 +153,7 @@ def explain(config_name: str, model: str, batch: Optional[int], seq_len: Optiona
     for i, row in enumerate(rows):
         if i > 0 and steps[i - 1].scope != scope:  # a heading for each layer
             scope = steps[i - 1].scope
-            lines.append(f"-- {_scope_title(scope, steps[i - 1], config, model)}")
+            lines.append(f"-- {scope_title(steps[i - 1], config, model)}")
         lines.append("  ".join(cell.ljust(w) for cell, w in zip(row, widths)).rstrip())
         if i == 0:
             lines.append("  ".join("-" * w for w in widths))
@@ -164,30 +166,6 @@ def _check_mlm(config, name: str) -> None:
         npperceiver.text.check_mlm_config(config)
     except ValueError as e:
         raise CliError(f"--config {name}: {e}") from None
-
-
-def _scope_title(scope: str, step, config, model: str = "encoder") -> str:
-    if scope == "inputs":
-        return "inputs and the latent array"
-    if scope == "masks":
-        if model == "mlm":
-            return "the masks, as PerceiverModel.forward prepares them (PerceiverForMaskedLM takes no latent mask)"
-        return "the three masks, as PerceiverModel.forward prepares them"
-    if scope == "cross":
-        return "encoder.cross_attention: latents attend to the inputs (inputs_mask only)"
-    if scope == "text":
-        return "perceiver.input_preprocessor: token and position embeddings (PerceiverTextPreprocessor)"
-    if scope == "decoder_query":
-        return "perceiver.decoder: the output queries, the same for every input"
-    if scope == "decoder":
-        return "perceiver.decoder.decoding_cross_attention: output queries attend to the latents (no mask)"
-    if scope == "embedding_decoder":
-        return "embedding_decoder: logits with the token embedding, transposed (tied by use)"
-    if scope == "output":
-        return "the encoder's result" if model == "mlm" and step.id.endswith("last_hidden_state") else "result"
-    masks = f"attention_mask, head_mask[{step.layer}]" if model == "encoder" else f"head_mask[{step.layer}]"
-    return (f"encoder.self_attends.{step.layer}, block {step.block + 1} of {config.num_blocks}: latents attend "
-            f"to latents ({masks}; same weights in every block)")
 
 
 # ============================================================================ the text path: fill-mask, convert-checkpoint
@@ -293,8 +271,6 @@ def convert_checkpoint(source: str, dest: str) -> None:
 # ---------------------------------------------------------------------------- helpers
 def _load_config(name: str):
     """A path if one exists, else a bundled preset of that name. Says on stderr which was used."""
-    from npperceiver.config import PerceiverConfig
-    from npperceiver.presets import available_presets, load_preset
 
     path = Path(name)
     try:

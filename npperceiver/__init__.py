@@ -20,7 +20,7 @@ from .layers import perceiver_layer, perceiver_mlp
 from .masks import MASK_MIN, get_head_mask, invert_attention_mask
 from .model import PerceiverModel, PerceiverModelOutput
 from .presets import available_presets, load_preset
-from .shapes import AttentionDims
+from .dims import AttentionDims
 from .weights import load_weights, param_shapes, save_weights
 from .text import PerceiverForMaskedLM, PerceiverMaskedLMOutput, mlm_param_shapes
 from .tokenizer import PerceiverTokenizer

@@ -20,7 +20,7 @@ import os
 from dataclasses import dataclass, field
 from typing import Any, Mapping, Optional
 
-from .shapes import AttentionDims, resolve_cross_attention, resolve_self_attention
+from .dims import AttentionDims
 
 #: Activations the MLP understands, by HF ``hidden_act`` name (``transformers.activations.ACT2FN``).
 SUPPORTED_ACTIVATIONS = ("gelu", "gelu_new", "gelu_pytorch_tanh", "relu", "silu", "swish")
@@ -114,13 +114,39 @@ class PerceiverConfig:
     # ------------------------------------------------------------------ derived sizes
     @property
     def cross_attention(self) -> AttentionDims:
-        """Resolved widths of the encoder's cross-attention (HF ``PerceiverAttention`` rules)."""
-        return resolve_cross_attention(self)
+        """Resolved widths of the encoder's cross-attention (HF ``PerceiverEncoder.cross_attention``).
+
+        With ``qk_channels`` unset, the query/key width is ``d_model`` ("kv") or ``d_latents`` ("q");
+        the value width is ``v_channels``, else the query/key width; the output maps back to ``d_latents``.
+        """
+        D, C = self.d_latents, self.d_model
+        if self.qk_channels is None:
+            qk = D if self.cross_attention_shape_for_attention == "q" else C
+        else:
+            qk = self.qk_channels
+        v = self.v_channels if self.v_channels is not None else qk
+        return AttentionDims(
+            is_cross=True, num_heads=self.num_cross_attention_heads, q_dim=D, kv_dim=C,
+            qk_channels=qk, v_channels=v, output_channels=D,
+            widening_factor=self.cross_attention_widening_factor, use_query_residual=self.use_query_residual,
+        )
 
     @property
     def self_attention(self) -> AttentionDims:
-        """Resolved widths of every latent self-attention layer."""
-        return resolve_self_attention(self)
+        """Resolved widths of every latent self-attention layer (HF ``PerceiverEncoder.self_attends[i]``).
+
+        Query/key width ``qk_channels or d_latents``, value width ``v_channels or`` that; the output
+        projection maps v -> v. Self-attention layers always keep their query residual: HF never passes
+        ``use_query_residual`` to them, so its default ``True`` applies.
+        """
+        D = self.d_latents
+        qk = self.qk_channels if self.qk_channels is not None else D
+        v = self.v_channels if self.v_channels is not None else qk
+        return AttentionDims(
+            is_cross=False, num_heads=self.num_self_attention_heads, q_dim=D, kv_dim=D,
+            qk_channels=qk, v_channels=v, output_channels=v,
+            widening_factor=self.self_attention_widening_factor, use_query_residual=True,
+        )
 
     @property
     def num_self_attention_layers(self) -> int:

@@ -43,7 +43,7 @@ from .functional import linear, softmax
 from .layers import perceiver_layer
 from .masks import check_keep_mask, invert_attention_mask
 from .model import PerceiverModel
-from .shapes import AttentionDims
+from .dims import AttentionDims
 from .tokenizer import MASK_ID
 from .weights import PREFIX, layer_param_shapes, flatten, init_params, param_shapes, params_from_shapes
 

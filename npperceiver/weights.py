@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING, Any, Iterator, Mapping
 
 import numpy as np
 
-from .shapes import AttentionDims
+from .dims import AttentionDims
 
 if TYPE_CHECKING:  # pragma: no cover
     from .config import PerceiverConfig
@@ -59,11 +59,6 @@ def param_shapes(config: "PerceiverConfig") -> dict[str, tuple[int, ...]]:
     for i in range(config.num_self_attends_per_block):
         shapes.update(layer_param_shapes(f"encoder.self_attends.{i}", config.self_attention))
     return shapes
-
-
-def num_parameters(config: "PerceiverConfig") -> int:
-    """Number of scalars in the encoder's parameters."""
-    return sum(int(np.prod(s)) for s in param_shapes(config).values())
 
 
 # ---------------------------------------------------------------------------- nested <-> flat

@@ -27,7 +27,7 @@ def run_command(command: str) -> str:
     from click.testing import CliRunner
 
     sys.path.insert(0, str(ROOT))
-    from cli import main
+    from npperceiver_cli.cli import main
 
     args = shlex.split(command)
     if args[:1] != ["npperceiver"]:

@@ -9,9 +9,9 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
-import cli
+from npperceiver_cli import cli
 import npperceiver as npp
-from npperceiver.shapes import encoder_steps, mlm_steps
+from npperceiver.trace import encoder_steps, mlm_steps
 
 needs_dot = pytest.mark.skipif(shutil.which("dot") is None, reason="Graphviz's dot program is not installed")
 

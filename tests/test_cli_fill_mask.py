@@ -12,7 +12,7 @@ import pytest
 from click.testing import CliRunner
 
 import npperceiver as npp
-from cli import main
+from npperceiver_cli.cli import main
 
 SMALL = npp.load_preset("small")  # d_model 24, max_position_embeddings 64
 HF_EXAMPLE = "This is an incomplete sentence where some words are" + "[MASK]" * 9  # HF's " missing." masked

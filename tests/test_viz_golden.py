@@ -4,7 +4,7 @@ When the drawing changes on purpose, regenerate the files and review the diff:
 
     NPPERCEIVER_REGEN_GOLDEN=1 python -m pytest tests/test_viz_golden.py
 
-The DOT text is :func:`viz.render.to_dot` (no ``dot`` program needed); it depends on the ``graphviz``
+The DOT text is :func:`npperceiver.viz.render.to_dot` (no ``dot`` program needed); it depends on the ``graphviz``
 Python package's formatting, which is stable within a release series.
 """
 
@@ -18,8 +18,8 @@ import pytest
 pytest.importorskip("graphviz")
 
 import npperceiver as npp  # noqa: E402
-from viz.encoder_graph import build_encoder_graph, build_mlm_graph  # noqa: E402
-from viz.render import to_dot  # noqa: E402
+from npperceiver.viz.encoder_graph import build_encoder_graph, build_mlm_graph  # noqa: E402
+from npperceiver.viz.render import to_dot  # noqa: E402
 
 GOLDEN = Path(__file__).parent / "golden"
 REGEN = os.environ.get("NPPERCEIVER_REGEN_GOLDEN") == "1"

@@ -3,7 +3,7 @@
 Properties are checked over many configs drawn by hypothesis, in both detail levels, rolled and unrolled,
 with the masks drawn once per layer and in the compact form (once into the block). Shapes in the boxes
 and on the edges are compared with the arrays of a real forward pass, computed by
-``test_shapes.run_trace`` / ``test_shapes.execute`` (which are themselves checked against the models).
+``test_trace.run_trace`` / ``test_trace.execute`` (which are themselves checked against the models).
 """
 
 from __future__ import annotations
@@ -13,12 +13,12 @@ import pytest
 from hypothesis import assume, given
 from hypothesis import strategies as st
 from strategies import configs
-from test_shapes import _case, execute, run_trace
+from test_trace import _case, execute, run_trace
 
 import npperceiver as npp
-from npperceiver.shapes import encoder_steps, format_shape, mlm_steps
-from viz.encoder_graph import COMPACT_LAYERS, build_encoder_graph, build_mlm_graph, default_detail
-from viz.graph import Cluster, Edge, Graph, Node
+from npperceiver.trace import encoder_steps, format_shape, mlm_steps
+from npperceiver.viz.encoder_graph import COMPACT_LAYERS, build_encoder_graph, build_mlm_graph, default_detail
+from npperceiver.viz.graph import Cluster, Edge, Graph, Node
 
 details = st.sampled_from(["op", "layer"])
 compacts = st.sampled_from([None, False, True])

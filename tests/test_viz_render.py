@@ -1,6 +1,6 @@
 """Real rendering with Graphviz's ``dot`` program (CI installs it; skipped where it is missing).
 
-The pictures come from :func:`viz.render.layout_dot`, which places every node, box and edge itself
+The pictures come from :func:`npperceiver.viz.render.layout_dot`, which places every node, box and edge itself
 (``viz/layout.py``). These tests read the placed drawing back from Graphviz (``-Tjson0``) and check what a
 reader would: no two boxes overlap, the columns and rows stand in order, every box lies inside the
 clusters that hold it, every edge starts on its tail and ends on its head (a compact edge on its
@@ -22,8 +22,8 @@ pytest.importorskip("graphviz")
 import graphviz  # noqa: E402
 
 import npperceiver as npp  # noqa: E402
-from viz.encoder_graph import build_encoder_graph, build_mlm_graph  # noqa: E402
-from viz.render import LEGEND_EDGES, STYLE, layout_dot, legend_rows, render, to_dot  # noqa: E402
+from npperceiver.viz.encoder_graph import build_encoder_graph, build_mlm_graph  # noqa: E402
+from npperceiver.viz.render import LEGEND_EDGES, STYLE, layout_dot, legend_rows, render, to_dot  # noqa: E402
 
 needs_dot = pytest.mark.skipif(shutil.which("dot") is None, reason="Graphviz's dot program is not installed")
 

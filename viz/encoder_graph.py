@@ -1,9 +1,9 @@
 """The Perceiver encoder of one config as a graph: its layers and how data and each mask flow through them.
 
 :func:`build_encoder_graph` reads nothing but the config and npperceiver's step-by-step shape inference
-(:func:`npperceiver.shapes.encoder_steps`), the same trace ``npperceiver explain`` prints and the tests
+(:func:`npperceiver.trace.encoder_steps`), the same trace ``npperceiver explain`` prints and the tests
 execute against the model -- so every shape in the drawing is the shape of a real array of the forward pass.
-:func:`build_mlm_graph` does the same for the masked language model (:func:`npperceiver.shapes.mlm_steps`).
+:func:`build_mlm_graph` does the same for the masked language model (:func:`npperceiver.trace.mlm_steps`).
 
 What it draws (HF transformers 4.57.6, ``modeling_perceiver.py``):
 
@@ -33,7 +33,8 @@ from dataclasses import replace
 from itertools import groupby
 from typing import TYPE_CHECKING, Optional
 
-from npperceiver.shapes import Dim, Step, encoder_steps, format_shape, mlm_steps
+from npperceiver.text import decoder_attention_dims
+from npperceiver.trace import Dim, Step, encoder_steps, format_shape, mlm_steps
 
 from .graph import Cluster, Edge, Graph, Node
 
@@ -95,7 +96,7 @@ def build_encoder_graph(
     name: str = "",
     compact: Optional[bool] = None,
 ) -> Graph:
-    """The encoder of ``config`` (HF ``PerceiverModel``) as a :class:`~viz.graph.Graph`.
+    """The encoder of ``config`` (HF ``PerceiverModel``) as a :class:`~npperceiver.viz.graph.Graph`.
 
     Parameters
     ----------
@@ -545,8 +546,6 @@ class _Builder:
         if s.scope == "cross":
             return self.cfg.cross_attention
         if s.scope == "decoder":
-            from npperceiver.text import decoder_attention_dims
-
             return decoder_attention_dims(self.cfg)
         return self.cfg.self_attention
 

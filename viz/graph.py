@@ -40,7 +40,7 @@ class Node:
     cluster: Optional[str] = None  # id of the innermost cluster holding it, None at top level
     mask: Optional[str] = None  # the mask it is or applies: "inputs_mask", "attention_mask", "head_mask"
     module: str = ""  # the HF module it mirrors (a tooltip)
-    steps: tuple[str, ...] = ()  # ids of the npperceiver.shapes steps it shows (empty for notes)
+    steps: tuple[str, ...] = ()  # ids of the npperceiver.trace steps it shows (empty for notes)
     shape: str = ""  # the shape of what it outputs, "(B, N, D)", shown in the box (empty for notes)
 
 

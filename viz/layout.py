@@ -30,7 +30,7 @@ composed in three steps:
    the channel kept for them.
 
 The result is DOT with every position fixed, which Graphviz's no-op layout (``neato -n2``) only draws:
-the same picture on any Graphviz version. :func:`viz.render.layout_dot` drives this; it needs ``dot``.
+the same picture on any Graphviz version. :func:`npperceiver.viz.render.layout_dot` drives this; it needs ``dot``.
 """
 
 from __future__ import annotations

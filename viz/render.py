@@ -3,7 +3,7 @@
 :func:`to_dot` needs the ``graphviz`` Python package (imported lazily, so building and testing graph
 models needs nothing): plain DOT, which any Graphviz lays out by itself (``--format dot``, the golden
 files). :func:`layout_dot` needs Graphviz's ``dot`` program as well: it places every node, box and edge
-itself (:mod:`viz.layout`), so the picture is the same on every Graphviz version, and :func:`render` draws
+itself (:mod:`npperceiver.viz.layout`), so the picture is the same on every Graphviz version, and :func:`render` draws
 it.
 
 Every colour, shape and font lives in :data:`STYLE`, and the legend is drawn from it, so the legend cannot
@@ -295,7 +295,7 @@ def _esc(text: str) -> str:
 
 # ---------------------------------------------------------------------------- the composed layout
 def layout_dot(graph: Graph, legend: bool = True) -> str:
-    """DOT source with every node, cluster and edge placed (see :mod:`viz.layout`), for Graphviz to draw
+    """DOT source with every node, cluster and edge placed (see :mod:`npperceiver.viz.layout`), for Graphviz to draw
     as it is: the pieces in the order ``graph.layout`` gives, the same on every Graphviz version.
 
     Needs ``dot``; without it, returns :func:`to_dot` (which any Graphviz lays out by itself).

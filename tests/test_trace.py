@@ -20,7 +20,7 @@ from strategies import configs, random_model
 import npperceiver as npp
 from npperceiver.attention import merge_heads, split_heads
 from npperceiver.functional import ACT2FN, layer_norm, linear, softmax
-from npperceiver.shapes import STEP_KINDS, Step, encoder_steps, format_shape, mlm_steps
+from npperceiver.trace import STEP_KINDS, Step, encoder_steps, format_shape, mlm_steps
 
 
 def _param(state: dict, module: str) -> dict:

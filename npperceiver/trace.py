@@ -1,102 +1,28 @@
-"""Shape inference: the widths every encoder layer resolves from the config, without computing anything.
+"""The forward pass, step by step: every operation of ``PerceiverModel`` and ``PerceiverForMaskedLM`` in the
+order HF transformers 4.57.6 runs it, with the shape it produces -- computed from the config, never from arrays.
 
-This module is the single source of truth for sizes. The model (``attention.py``, ``weights.py``), the
-config validation (``config.py``), ``npperceiver explain`` and the diagrams in ``viz/`` all read their
-widths from here, so a drawing can never disagree with the forward pass.
+``encoder_steps`` and ``mlm_steps`` return a small dataflow program: each :class:`Step` names the HF module
+it mirrors, what it computes, its output shape, the steps whose outputs it reads and the mask acting there.
+``npperceiver explain`` prints it as a table and ``npperceiver.viz`` turns it into a diagram; a test executes
+it with npperceiver's own functions and reproduces the model's outputs, so both agree with the model by
+construction. The trace is also the one place that words each step and each group of steps
+(:func:`scope_title`): the table and the drawing read their labels from here.
 
-The rules mirror HF ``PerceiverAttention.__init__`` and ``PerceiverSelfAttention.__init__``
-(``modeling_perceiver.py``, transformers 4.57.6):
-
-* cross-attention with ``qk_channels is None``: qk = ``d_model`` ("kv") or ``d_latents`` ("q");
-* otherwise qk = ``qk_channels or d_latents``;
-* in both cases v = ``v_channels or qk``;
-* the output projection maps v -> ``d_latents`` (cross) or v -> v (self).
+It sits above the models it traces: widths come from ``PerceiverConfig`` (``dims.py``), the MLM decoder's
+fixed widths from ``text.py``.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, replace
-from typing import TYPE_CHECKING, Optional, Tuple, Union
+from typing import Optional, Tuple, Union
 
-if TYPE_CHECKING:  # pragma: no cover - typing only, avoids an import cycle with config.py
-    from .config import PerceiverConfig
-
-
-@dataclass(frozen=True)
-class AttentionDims:
-    """Resolved sizes of one ``PerceiverLayer`` (its attention, output projection and MLP)."""
-
-    is_cross: bool  # cross-attention (queries from latents, keys/values from inputs) or self-attention
-    num_heads: int  # H
-    q_dim: int  # width of the query-side input (always d_latents in the encoder)
-    kv_dim: int  # width of the key/value-side input (d_model for cross, d_latents for self)
-    qk_channels: int  # width of queries and keys, all heads together
-    v_channels: int  # width of values, all heads together
-    output_channels: int  # output projection width: q_dim (cross) or v_channels (self)
-    widening_factor: int  # MLP hidden width = widening_factor * q_dim
-    use_query_residual: bool  # add the raw (pre-layernorm) query input after the output projection
-
-    @property
-    def qk_head_dim(self) -> int:
-        """Query/key channels per head; the scores are scaled by ``1/sqrt(qk_head_dim)``."""
-        return self.qk_channels // self.num_heads
-
-    @property
-    def v_head_dim(self) -> int:
-        """Value channels per head."""
-        return self.v_channels // self.num_heads
-
-    @property
-    def mlp_hidden(self) -> int:
-        """Hidden width of the layer's MLP."""
-        return self.widening_factor * self.q_dim
-
-
-def resolve_cross_attention(config: "PerceiverConfig") -> AttentionDims:
-    """Widths of the encoder's cross-attention layer (HF ``PerceiverEncoder.cross_attention``)."""
-    D, C = config.d_latents, config.d_model
-    if config.qk_channels is None:
-        qk = D if config.cross_attention_shape_for_attention == "q" else C
-    else:
-        qk = config.qk_channels
-    v = config.v_channels if config.v_channels is not None else qk
-    return AttentionDims(
-        is_cross=True, num_heads=config.num_cross_attention_heads, q_dim=D, kv_dim=C,
-        qk_channels=qk, v_channels=v, output_channels=D,
-        widening_factor=config.cross_attention_widening_factor,
-        use_query_residual=config.use_query_residual,
-    )
-
-
-def resolve_self_attention(config: "PerceiverConfig") -> AttentionDims:
-    """Widths of each latent self-attention layer (HF ``PerceiverEncoder.self_attends[i]``).
-
-    Self-attention layers always keep their query residual: HF never passes ``use_query_residual``
-    to them, so its default ``True`` applies.
-    """
-    D = config.d_latents
-    qk = config.qk_channels if config.qk_channels is not None else D
-    v = config.v_channels if config.v_channels is not None else qk
-    return AttentionDims(
-        is_cross=False, num_heads=config.num_self_attention_heads, q_dim=D, kv_dim=D,
-        qk_channels=qk, v_channels=v, output_channels=v,
-        widening_factor=config.self_attention_widening_factor, use_query_residual=True,
-    )
-
-
-# ============================================================================ the forward pass, step by step
-#
-# ``encoder_steps`` lists every step of ``PerceiverModel.forward`` through the encoder, in the order HF runs
-# them, with the shape each one produces -- computed from the widths above, never from arrays. It is a
-# small dataflow program: each step names the steps whose outputs it reads, so ``npperceiver explain``
-# prints it as a table and ``viz/`` turns it into a diagram, and both agree with the model by construction.
-# ``mlm_steps`` does the same for ``PerceiverForMaskedLM``: text preprocessor, encoder, decoder, logits.
+from .config import PerceiverConfig
+from .dims import AttentionDims
+from .text import MLM_DECODER_HEADS, check_mlm_config, decoder_attention_dims
 
 Dim = Union[int, str]  # a size, or a letter standing for one ("B" batch, "M" inputs) when not given
 Shape = Tuple[Dim, ...]
-
-#: Names of the masks as they act inside the encoder (``Step.mask``), and where each one comes from.
-MASK_NAMES = ("inputs_mask", "attention_mask", "head_mask")
 
 #: Kinds of step: data the user passes in, a learned parameter, a mask (given or derived), an operation,
 #: and the encoder's result.
@@ -134,6 +60,34 @@ class Step:
         return self.id.rsplit("/", 1)[0]
 
 
+def scope_title(step: Step, config: PerceiverConfig, model: str = "encoder") -> str:
+    """A one-line title for the group of steps ``step`` belongs to (:attr:`Step.scope`), as the ``explain``
+    table heads each group and the diagram labels each cluster. ``model`` is "encoder" or "mlm"."""
+    scope = step.scope
+    if scope == "inputs":
+        return "inputs and the latent array"
+    if scope == "masks":
+        if model == "mlm":
+            return "the masks, as PerceiverModel.forward prepares them (PerceiverForMaskedLM takes no latent mask)"
+        return "the three masks, as PerceiverModel.forward prepares them"
+    if scope == "cross":
+        return "encoder.cross_attention: latents attend to the inputs (inputs_mask only)"
+    if scope == "text":
+        return "perceiver.input_preprocessor: token and position embeddings (PerceiverTextPreprocessor)"
+    if scope == "decoder_query":
+        return "perceiver.decoder: the output queries, the same for every input"
+    if scope == "decoder":
+        return (f"perceiver.decoder.decoding_cross_attention: output queries attend to the latents "
+                f"({MLM_DECODER_HEADS} heads, no mask)")
+    if scope == "embedding_decoder":
+        return "embedding_decoder: logits with the token embedding, transposed (tied by use)"
+    if scope == "output":
+        return "the encoder's result" if model == "mlm" and step.id.endswith("last_hidden_state") else "result"
+    masks = f"attention_mask, head_mask[{step.layer}]" if model == "encoder" else f"head_mask[{step.layer}]"
+    return (f"encoder.self_attends.{step.layer}, block {step.block + 1} of {config.num_blocks}: latents attend "
+            f"to latents ({masks}; same weights in every block)")
+
+
 def _check_size(name: str, value: Dim, letter: str) -> Dim:
     if isinstance(value, str):
         if not value:
@@ -149,7 +103,7 @@ def format_shape(shape: Shape) -> str:
     return "(" + ", ".join(str(d) for d in shape) + ("," if len(shape) == 1 else "") + ")"
 
 
-def encoder_steps(config: "PerceiverConfig", batch: Dim = "B", seq_len: Dim = "M", *,
+def encoder_steps(config: PerceiverConfig, batch: Dim = "B", seq_len: Dim = "M", *,
                   latent_mask: bool = True) -> list[Step]:
     """Every step of HF ``PerceiverModel.forward`` through the encoder, in order, with its output shape.
 
@@ -209,14 +163,14 @@ def encoder_steps(config: "PerceiverConfig", batch: Dim = "B", seq_len: Dim = "M
                    else "layer i reads row i")))
 
     # ------------------------------------------------------------------ the cross-attention
-    last = _layer_steps(add, resolve_cross_attention(config), config, "cross", "encoder.cross_attention",
+    last = _layer_steps(add, config.cross_attention, config, "cross", "encoder.cross_attention",
                         hidden="inputs/embeddings", inputs="inputs/inputs", B=B, rows=(N, "N", "D", "latents"),
                         kv_rows=(M, "M", "C", "inputs"), mask="inputs_mask", block=None, layer=None)
 
     # ------------------------------------------------------------------ num_blocks x the shared block
     for b in range(NB):
         for i in range(S):
-            last = _layer_steps(add, resolve_self_attention(config), config, f"block{b}/self{i}",
+            last = _layer_steps(add, config.self_attention, config, f"block{b}/self{i}",
                                 f"encoder.self_attends.{i}", hidden=last, inputs=None, B=B,
                                 rows=(N, "N", "D", "latents"), kv_rows=None,
                                 mask="attention_mask" if latent_mask else None, block=b, layer=i)
@@ -230,7 +184,7 @@ def encoder_steps(config: "PerceiverConfig", batch: Dim = "B", seq_len: Dim = "M
 _MLM_ENCODER_MODULES = ("embeddings", "encoder.")
 
 
-def mlm_steps(config: "PerceiverConfig", batch: Dim = "B", seq_len: Dim = "M") -> list[Step]:
+def mlm_steps(config: PerceiverConfig, batch: Dim = "B", seq_len: Dim = "M") -> list[Step]:
     """Every step of HF ``PerceiverForMaskedLM.forward``, in order, with its output shape.
 
     The text path of Perceiver IO (``npperceiver/text.py``), with P = ``max_position_embeddings`` and
@@ -250,8 +204,6 @@ def mlm_steps(config: "PerceiverConfig", batch: Dim = "B", seq_len: Dim = "M") -
     ``config`` must suit the MLM (:func:`npperceiver.text.check_mlm_config`); a numeric ``seq_len`` must be
     at most P.
     """
-    from .text import check_mlm_config, decoder_attention_dims  # text.py imports this module: import late
-
     check_mlm_config(config)
     B = _check_size("batch", batch, "B")
     M = _check_size("seq_len", seq_len, "M")
@@ -314,7 +266,7 @@ def mlm_steps(config: "PerceiverConfig", batch: Dim = "B", seq_len: Dim = "M") -
     return steps
 
 
-def _layer_steps(add, dims: AttentionDims, config: "PerceiverConfig", scope: str, module: str, *, hidden: str,
+def _layer_steps(add, dims: AttentionDims, config: PerceiverConfig, scope: str, module: str, *, hidden: str,
                  inputs: Optional[str], B: Dim, rows: tuple, kv_rows: Optional[tuple], mask: Optional[str],
                  block: Optional[int], layer: Optional[int]) -> str:
     """Append the steps of one HF ``PerceiverLayer``; return the id of its output step.
