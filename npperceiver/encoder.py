@@ -3,7 +3,7 @@ latent self-attention layers applied ``num_blocks`` times.
 
 Jaegle et al., "Perceiver: General Perception with Iterative Attention" (2021) and "Perceiver IO: A General
 Architecture for Structured Inputs & Outputs" (2021). Mirrors HF ``PerceiverEmbeddings`` and
-``PerceiverEncoder`` (``modeling_perceiver.py``, transformers 4.57.6, lines 124-133 and 445-558).
+``PerceiverEncoder`` (``modeling_perceiver.py``, transformers 4.57.6).
 
 Masks here are *additive* and already inverted, exactly as HF's encoder receives them (see ``masks.py``):
 ``inputs_mask`` (B, 1, 1, M) for the cross-attention, ``attention_mask`` (B, 1, 1, N) for every
@@ -13,15 +13,13 @@ self-attention layer, and ``head_mask`` (L, 1, Hs, 1, 1) or None.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Optional
+from typing import Optional
 
 import numpy as np
 
-from .attention import Params
-from .layers import perceiver_layer
-
-if TYPE_CHECKING:  # pragma: no cover
-    from .config import PerceiverConfig
+from .attention import Params, perceiver_self_output, streaming_cross_attention
+from .config import PerceiverConfig
+from .layers import feed_forward, perceiver_layer
 
 
 @dataclass
@@ -44,7 +42,7 @@ def latent_array(latents: np.ndarray, batch_size: int) -> np.ndarray:
 
 def perceiver_encoder(
     params: Params,
-    config: "PerceiverConfig",
+    config: PerceiverConfig,
     hidden_states: np.ndarray,
     attention_mask: Optional[np.ndarray] = None,
     head_mask: Optional[np.ndarray] = None,
@@ -66,23 +64,27 @@ def perceiver_encoder(
         so rows ``S .. L-1`` are never used.
     inputs : shape (B, M, C).
     inputs_mask : additive, broadcastable to (B, Hc, N, M); used only by the cross-attention.
-    output_attentions : also return every layer's probabilities. Without them each softmax skips its
-        division of the (B, H, N, K) scores and divides the (B, H, N, d) context instead.
+    output_attentions : also return every layer's probabilities.
     cross_attention_chunk_size : stream the cross-attention over the inputs this many at a time (an
-        online softmax), so its memory stays flat as M grows; same result to float32 rounding. Not used
-        with ``output_attentions`` (the (B, Hc, N, M) probabilities are then materialised anyway).
+        online softmax, :func:`~npperceiver.attention.streaming_cross_attention`), so its memory stays flat
+        as M grows; same result to float32 rounding. Not used with ``output_attentions`` (the
+        (B, Hc, N, M) probabilities are then whole anyway) or when the inputs fit in one chunk.
     """
     cross, self_attends = params["cross_attention"], params["self_attends"]
     all_hidden_states = () if output_hidden_states else None
     all_self_attentions = () if output_attentions else None
 
     # The cross-attention: latents attend to the inputs (the latent attention_mask is not used here).
-    hidden_states, cross_probs = perceiver_layer(
-        cross, hidden_states, config.num_cross_attention_heads,
-        use_query_residual=config.use_query_residual, hidden_act=config.hidden_act,
-        attention_mask=attention_mask, head_mask=None, inputs=inputs, inputs_mask=inputs_mask,
-        output_attentions=output_attentions, inputs_chunk_size=cross_attention_chunk_size,
-    )  # (B, N, D), (B, Hc, N, M) or None
+    M = inputs.shape[1]
+    if cross_attention_chunk_size is not None and M > cross_attention_chunk_size and not output_attentions:
+        hidden_states, cross_probs = _streamed_cross_attention_layer(
+            cross, config, hidden_states, inputs, inputs_mask, cross_attention_chunk_size), None
+    else:
+        hidden_states, cross_probs = perceiver_layer(
+            cross, hidden_states, config.num_cross_attention_heads,
+            use_query_residual=config.use_query_residual, hidden_act=config.hidden_act,
+            attention_mask=attention_mask, head_mask=None, inputs=inputs, inputs_mask=inputs_mask,
+        )  # (B, N, D), (B, Hc, N, M)
     all_cross_attentions = (cross_probs,) if output_attentions else None
 
     # The block of self-attention layers, applied num_blocks times with the same weights.
@@ -94,11 +96,28 @@ def perceiver_encoder(
                 layer, hidden_states, config.num_self_attention_heads, use_query_residual=True,
                 hidden_act=config.hidden_act, attention_mask=attention_mask,
                 head_mask=None if head_mask is None else head_mask[i],  # row i, whatever the block
-                output_attentions=output_attentions,
-            )  # (B, N, D), (B, Hs, N, N) or None
+            )  # (B, N, D), (B, Hs, N, N)
             if output_attentions:
                 all_self_attentions += (probs,)
         if output_hidden_states:
             all_hidden_states += (hidden_states,)  # end of block (== the next block's first input)
 
     return EncoderOutput(hidden_states, all_hidden_states, all_self_attentions, all_cross_attentions)
+
+
+def _streamed_cross_attention_layer(
+    params: Params, config: PerceiverConfig, hidden_states: np.ndarray, inputs: np.ndarray,
+    inputs_mask: Optional[np.ndarray], chunk_size: int,
+) -> np.ndarray:
+    """``encoder.cross_attention`` -- the same ``perceiver_layer`` -- with its attention streamed over the
+    inputs ``chunk_size`` at a time. (B, N, D) -> (B, N, D); no probabilities (they are never whole)."""
+    attention = params["attention"]
+    context = streaming_cross_attention(
+        attention["self"], hidden_states, inputs, config.num_cross_attention_heads, inputs_mask, chunk_size,
+    )  # (B, N, v)
+    attention_output = perceiver_self_output(attention["output"], context)  # (B, N, v) -> (B, N, D)
+    if config.use_query_residual:
+        attention_output += hidden_states  # (B, N, D)
+    layer_output = feed_forward(params, attention_output, config.hidden_act)  # (B, N, D)
+    layer_output += attention_output  # residual around the MLP
+    return layer_output

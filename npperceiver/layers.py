@@ -1,10 +1,9 @@
 """One Perceiver layer: attention, then a layer-normed MLP, each with a residual.
 
-Mirrors HF ``PerceiverMLP`` and ``PerceiverLayer`` (``modeling_perceiver.py``, transformers 4.57.6,
-lines 360-442)::
+Mirrors HF ``PerceiverMLP`` and ``PerceiverLayer`` (``modeling_perceiver.py``, transformers 4.57.6)::
 
     a, p = PerceiverAttention(hidden, masks...)      # attention -> output projection (+ query residual)
-    y    = dense2(act(dense1(LayerNorm(a)))) + a     # MLP on the layer-normed attention output, residual
+    y    = dense2(act(dense1(LayerNorm(a)))) + a     # feed_forward_chunk: MLP on LayerNorm(a); residual
 
 HF's ``apply_chunking_to_forward`` splits the MLP over positions when ``chunk_size_feed_forward > 0``;
 the MLP works per position, so chunking changes no number and is not reproduced.
@@ -27,6 +26,14 @@ def perceiver_mlp(params: Params, hidden_states: np.ndarray, hidden_act: str = "
     return linear(hidden, **params["dense2"])  # (B, T, wf*D) -> (B, T, D)
 
 
+def feed_forward(params: Params, attention_output: np.ndarray, hidden_act: str = "gelu") -> np.ndarray:
+    """HF ``PerceiverLayer.feed_forward_chunk``: ``mlp(layernorm(attention_output))``, (B, T, D) -> (B, T, D).
+
+    ``PerceiverLayer.forward`` adds the residual ``attention_output`` afterwards."""
+    layer_output = layer_norm(attention_output, **params["layernorm"])  # (B, T, D)
+    return perceiver_mlp(params["mlp"], layer_output, hidden_act)  # (B, T, D)
+
+
 def perceiver_layer(
     params: Params,
     hidden_states: np.ndarray,
@@ -37,23 +44,16 @@ def perceiver_layer(
     head_mask: Optional[np.ndarray] = None,
     inputs: Optional[np.ndarray] = None,
     inputs_mask: Optional[np.ndarray] = None,
-    *,
-    output_attentions: bool = True,
-    inputs_chunk_size: Optional[int] = None,
-) -> tuple[np.ndarray, Optional[np.ndarray]]:
+) -> tuple[np.ndarray, np.ndarray]:
     """HF ``PerceiverLayer.forward``: a pre-LN transformer layer over the latents.
 
     hidden_states: shape (B, N, D). Cross-attention when ``inputs`` (B, M, C) is given.
-    Returns the layer output (B, N, D) and the attention probabilities (B, H, N, M or N) -- None in their
-    place with ``output_attentions=False``, the faster path. ``inputs_chunk_size`` streams a
-    cross-attention over its inputs (see ``attention.perceiver_self_attention``).
+    Returns the layer output (B, N, D) and the attention probabilities (B, H, N, M or N).
     """
     attention_output, probs = perceiver_attention(
         params["attention"], hidden_states, num_heads, use_query_residual=use_query_residual,
         attention_mask=attention_mask, head_mask=head_mask, inputs=inputs, inputs_mask=inputs_mask,
-        output_attentions=output_attentions, inputs_chunk_size=inputs_chunk_size,
-    )  # (B, N, D), (B, H, N, K) or None
-    layer_output = layer_norm(attention_output, **params["layernorm"])  # (B, N, D)
-    layer_output = perceiver_mlp(params["mlp"], layer_output, hidden_act)  # (B, N, D)
+    )  # (B, N, D), (B, H, N, K)
+    layer_output = feed_forward(params, attention_output, hidden_act)  # (B, N, D)
     layer_output += attention_output  # residual around the MLP, in place on the MLP's new output
     return layer_output, probs

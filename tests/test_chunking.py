@@ -16,10 +16,7 @@ import numpy as np
 import pytest
 
 import npperceiver as npp
-from npperceiver.attention import (
-    cross_attention_keys_values, scaled_dot_product_attention, split_heads, streaming_cross_attention,
-)
-from npperceiver.functional import layer_norm, linear
+from npperceiver.attention import cross_attention_keys_values, perceiver_self_attention, streaming_cross_attention
 from npperceiver.masks import invert_attention_mask
 
 M = 23  # a prime: chunk sizes 2, 4, 5, 7, 10 leave a short last chunk
@@ -66,22 +63,20 @@ def test_chunked_model_matches_unchunked(chunk, masked):
 
 
 @pytest.mark.parametrize("chunk", [3, 8, 23, 50])
-def test_streaming_core_matches_one_pass_core(chunk):
-    """The attention core alone, with an additive mask per latent (B, 1, N, M) as HF's encoder accepts."""
+def test_streaming_self_attention_matches_one_pass(chunk):
+    """The attention alone, with an additive mask per latent (B, 1, N, M) as HF's encoder accepts."""
     model, x = _model_and_inputs(seed=3)
     params = model.params["encoder"]["cross_attention"]["attention"]["self"]
     H = CONFIG.num_cross_attention_heads
     latents = np.broadcast_to(model.params["embeddings"]["latents"], (3, CONFIG.num_latents, CONFIG.d_latents))
-    queries = split_heads(linear(layer_norm(latents, **params["layernorm1"]), **params["query"]), H)
     keep = np.ones((3, CONFIG.num_latents, M), np.float32)  # (B, N, M): latent n of row b may see input m
     keep[0, 2] = 0  # latent 2 of row 0 sees nothing
     keep[1, :, 5:9] = 0
     keep[2, ::2, ::3] = 0
     bias = invert_attention_mask(keep.reshape(-1, M)).reshape(3, 1, CONFIG.num_latents, M)  # (B, 1, N, M)
-    keys, values = cross_attention_keys_values(params, x, H)
-    expected, _ = scaled_dot_product_attention(queries, keys, values, bias=bias)
-    got = streaming_cross_attention(params, queries, x, H, inputs_mask=bias, chunk_size=chunk)
-    assert got.shape == expected.shape == (3, H, CONFIG.num_latents, CONFIG.cross_attention.v_head_dim)
+    expected, _ = perceiver_self_attention(params, latents, H, inputs=x, inputs_mask=bias)
+    got = streaming_cross_attention(params, latents, x, H, inputs_mask=bias, chunk_size=chunk)
+    assert got.shape == expected.shape == (3, CONFIG.num_latents, CONFIG.cross_attention.v_channels)
     assert _rel_diff(got, expected) <= TOL
 
 
@@ -90,15 +85,16 @@ def test_all_masked_row_averages_every_value(chunk):
     """HF semantics: a row whose every input is masked attends uniformly to all M inputs (padding
     included) -- so its context is the plain mean of the values, whatever the chunking."""
     model, x = _model_and_inputs(seed=5)
-    params = model.params["encoder"]["cross_attention"]["attention"]["self"]
+    params = dict(model.params["encoder"]["cross_attention"]["attention"]["self"])
+    params["query"] = {"weight": params["query"]["weight"] * 20, "bias": params["query"]["bias"]}  # large scores:
+    #                                                              a wrong shift would not stay uniform
     H = CONFIG.num_cross_attention_heads
-    queries = np.random.default_rng(7).standard_normal((3, H, CONFIG.num_latents, CONFIG.cross_attention.qk_head_dim))
-    queries = (queries * 5).astype(np.float32)  # large scores: a wrong shift would not stay uniform
+    latents = np.random.default_rng(7).standard_normal((3, CONFIG.num_latents, CONFIG.d_latents)).astype(np.float32)
     bias = invert_attention_mask(_keep_mask())  # (B, 1, 1, M), row 1 all masked
-    context = streaming_cross_attention(params, queries, x, H, inputs_mask=bias, chunk_size=chunk)
+    context = streaming_cross_attention(params, latents, x, H, inputs_mask=bias, chunk_size=chunk)  # (B, N, v)
     _, values = cross_attention_keys_values(params, x, H)  # (B, H, M, dv)
-    mean_of_values = values[1].astype(np.float64).mean(axis=1)  # (H, dv): uniform weights 1/M
-    np.testing.assert_allclose(context[1], np.broadcast_to(mean_of_values[:, None], context[1].shape),
+    mean_of_values = values[1].astype(np.float64).mean(axis=1).reshape(-1)  # (H, dv) -> (v,): uniform weights 1/M
+    np.testing.assert_allclose(context[1], np.broadcast_to(mean_of_values, context[1].shape),
                                rtol=0, atol=2e-6 * max(1.0, float(np.abs(mean_of_values).max())))
 
 
