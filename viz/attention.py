@@ -357,7 +357,7 @@ def _notes(kind: LayerKind, ref: AttentionLayer, config: PerceiverConfig, given:
                      f"every score, so softmax is uniform, 1/{K} = {_number(1 / K)} for every key, masked ones "
                      f"included (HF's behaviour: not NaN, not 0)")
     elif masked_keys:
-        notes.append(f"masked keys ({kind.key_mask} = 0, hatched): float32's minimum is added to their scores, "
+        notes.append(f"masked keys ({kind.key_mask} = 0): float32's minimum is added to their scores, "
                      f"so softmax gives them exactly 0")
     for p in panels:
         if p.scaled:
