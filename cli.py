@@ -20,7 +20,9 @@ import numpy as np
 import npperceiver
 from npperceiver.config import PerceiverConfig
 from npperceiver.presets import available_presets, load_preset
-from npperceiver.trace import encoder_steps, format_shape, mlm_steps, scope_title
+from npperceiver.trace import (
+    encoder_steps, format_shape, layer_summary, mask_label, mask_summary, mlm_steps, scope_title,
+)
 from npperceiver.viz import attention as attention_viz
 from npperceiver.viz.encoder_graph import build_encoder_graph, build_mlm_graph
 from npperceiver.viz.render import dot_available, layout_dot, render, to_dot
@@ -122,15 +124,18 @@ def draw_encoder(config_name: str, model: str, output: Optional[str], fmt: Optio
               help="encoder: PerceiverModel; mlm: PerceiverForMaskedLM (text preprocessor, encoder, decoder).")
 @click.option("--batch", type=click.IntRange(min=1), help="A number for B in the shapes (default: the letter B).")
 @click.option("--seq-len", type=click.IntRange(min=1), help="A number for M in the shapes (default: the letter M).")
-def explain(config_name: str, model: str, batch: Optional[int], seq_len: Optional[int]) -> None:
-    """Print every step of the encoder's forward pass, in order: the HF module it mirrors, what it
-    computes, its output shape, and the mask acting there. The text twin of draw-encoder.
+@click.option("--full", is_flag=True, help="Every operation, one row each, with its HF module (default: one row "
+                                           "per layer).")
+def explain(config_name: str, model: str, batch: Optional[int], seq_len: Optional[int], full: bool) -> None:
+    """Print the encoder's forward pass, in order: each layer, what it computes, its output shape, and the
+    masks acting there; then what becomes of each mask. --full lists every operation with the HF module it
+    mirrors. The text twin of draw-encoder.
 
     \b
     Examples:
       npperceiver explain --config small.json
-      npperceiver explain --config language-perceiver --batch 1 --seq-len 2048 | less
-      npperceiver explain --config small.json --model mlm
+      npperceiver explain --config language-perceiver --batch 1 --seq-len 2048
+      npperceiver explain --config small.json --model mlm --full | less
     """
 
     config, name = _load_config(config_name)
@@ -140,27 +145,43 @@ def explain(config_name: str, model: str, batch: Optional[int], seq_len: Optiona
         steps = (mlm_steps if model == "mlm" else encoder_steps)(config, batch=batch or "B", seq_len=seq_len or "M")
     except ValueError as e:
         raise CliError(str(e)) from None
-    rows = [("#", "HF module", "operation", "output shape", "mask")]
-    for i, s in enumerate(steps):
-        rows.append((str(i), s.module, f"{s.name}: {s.op}" if s.name != s.module else s.op,
-                     format_shape(s.shape), s.mask or ""))
-    widths = [max(len(r[c]) for r in rows) for c in range(len(rows[0]))]
     sizes = (f"N={config.num_latents} D={config.d_latents} C={config.d_model} "
              f"Hc={config.num_cross_attention_heads} Hs={config.num_self_attention_heads} "
              f"S={config.num_self_attends_per_block} num_blocks={config.num_blocks}")
     if model == "mlm":
         sizes += f" V={config.vocab_size} P={config.max_position_embeddings}"
     what = "Perceiver IO masked language model" if model == "mlm" else "Perceiver encoder"
-    lines = [f"{what} forward pass: {name} ({sizes})", ""]
-    scope = None
+    lines = [f"{what} forward pass: {name} ({sizes})"]
+    if full:
+        rows = [("#", "HF module", "operation", "output shape", "mask")]
+        rows += [(str(i), s.module, f"{s.name}: {s.op}" if s.name != s.module else s.op, format_shape(s.shape),
+                  mask_label(s.mask)) for i, s in enumerate(steps)]
+        lines.append("")
+        headings = {i + 1: scope_title(s, config, model) for i, s in enumerate(steps)
+                    if i == 0 or s.scope != steps[i - 1].scope}
+        lines += _table(rows, headings)
+    else:
+        summary = layer_summary(steps, config, model)
+        lines.append(f"One row per layer; --full lists all {len(steps)} steps, operation by operation.")
+        lines.append("")
+        rows = [("HF module", "what it computes", "output shape", "masks acting")]
+        rows += [(r.module, r.what, format_shape(r.shape), ", ".join(r.masks)) for r in summary]
+        lines += _table(rows)
+        lines += ["", *mask_summary(steps, config, model)]
+    click.echo("\n".join(lines))
+
+
+def _table(rows: list[tuple[str, ...]], headings: "dict[int, str] | None" = None) -> list[str]:
+    """Rows as aligned columns, a rule under the first; ``headings[i]`` ('-- ...') goes before row i."""
+    widths = [max(len(r[c]) for r in rows) for c in range(len(rows[0]))]
+    lines = []
     for i, row in enumerate(rows):
-        if i > 0 and steps[i - 1].scope != scope:  # a heading for each layer
-            scope = steps[i - 1].scope
-            lines.append(f"-- {scope_title(steps[i - 1], config, model)}")
+        if headings and i in headings:
+            lines.append(f"-- {headings[i]}")
         lines.append("  ".join(cell.ljust(w) for cell, w in zip(row, widths)).rstrip())
         if i == 0:
             lines.append("  ".join("-" * w for w in widths))
-    click.echo("\n".join(lines))
+    return lines
 
 
 # ---------------------------------------------------------------------------- draw-attention
