@@ -240,7 +240,7 @@ def draw_attention(config_name: str, weights: Optional[str], random_init: bool, 
     \b
     Examples:
       npperceiver draw-attention --config small --random-init --seq-len 5 --attention-mask 1,1,1,0,0
-      npperceiver draw-attention --config small --random-init --layer self:0:block 2 --head-mask '1,0,0.5,1'
+      npperceiver draw-attention --config small --random-init --layer 'self:0:block 2' --head-mask 1,0,0.5,1
       npperceiver draw-attention --config small --random-init --text "Hi there" --pad-to 12 --format text
       npperceiver draw-attention --config language-perceiver --weights model.safetensors \\
         --text "This is a sentence." --layer decoder --head 3 -o decoder.png

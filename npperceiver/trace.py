@@ -398,20 +398,26 @@ def layer_summary(steps: list[Step], config: PerceiverConfig, model: str = "enco
             rows.append(LayerSummary(group[0].module, group[0].op, group[0].shape))
             rows.append(LayerSummary(last.module, "token embedding + position embedding", last.shape))
         elif scope == "cross":
-            rows.append(LayerSummary(last.module, f"latents attend to the inputs, {config.num_cross_attention_heads} "
-                                                  "heads", last.shape, masks))
+            rows.append(LayerSummary(last.module, f"latents attend to inputs, {_widths(config.cross_attention)}",
+                                     last.shape, masks))
         elif scope == "decoder_query":
             rows.append(LayerSummary(last.module, "output queries: learned, the same for every input", last.shape))
         elif scope == "decoder":
-            rows.append(LayerSummary(last.module, f"output queries attend to the latents, {MLM_DECODER_HEADS} heads",
-                                     last.shape, ("none: HF drops query_mask",)))
+            rows.append(LayerSummary(last.module, "output queries attend to the latents, "
+                                     f"{_widths(decoder_attention_dims(config))}", last.shape,
+                                     ("none: HF drops query_mask",)))
         elif scope == "embedding_decoder":
             rows.append(LayerSummary(last.module, "@ token embedding^T + bias", last.shape))
         elif last.layer is not None:  # a self-attention layer in one application of the block
             block = f" (block {last.block + 1})" if config.num_blocks > 1 else ""
             rows.append(LayerSummary(f"{last.module}{block}", f"latents attend to latents, "
-                                     f"{config.num_self_attention_heads} heads", last.shape, masks))
+                                     f"{_widths(config.self_attention)}", last.shape, masks))
     return rows
+
+
+def _widths(dims: AttentionDims) -> str:
+    """"2 heads, qk 24, v 24": an attention's heads and its query/key and value widths."""
+    return f"{dims.num_heads} heads, qk {dims.qk_channels}, v {dims.v_channels}"
 
 
 _RESULTS = {"last_hidden_state": "the encoded latents", "logits": "a score for each token at each position"}

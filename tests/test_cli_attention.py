@@ -9,7 +9,9 @@ whatever the input. That is what makes the expected numbers checkable by hand.
 from __future__ import annotations
 
 import json
+import re
 import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -17,6 +19,8 @@ from click.testing import CliRunner
 
 import npperceiver as npp
 from npperceiver_cli import cli
+
+ROOT = Path(__file__).resolve().parents[1]
 
 #: N=3 latents, 2 heads each side, one self-attention layer applied twice (L = 2), P = 8 positions.
 TINY = dict(num_latents=3, d_latents=8, d_model=8, num_blocks=2, num_self_attends_per_block=1,
@@ -119,7 +123,7 @@ def test_golden_mlm_decoder_rows_are_the_texts_positions(run):
               "--attention-mask", "1,1,1,0", "--layer", "decoder", "--head", "0")
     assert res.exit_code == 0, res.stderr
     assert res.stdout == (
-        "decoder.decoding_cross_attention: output queries attend to the latents (example 0), 1 of 8 heads\n"
+        "perceiver.decoder.decoding_cross_attention: output queries attend to the latents (example 0), 1 of 8 heads\n"
         "rows: 4 output positions (queries); columns: 3 latents (keys)\n"
         "note: attention_mask does not act here: HF hands it to the decoder as query_mask, which its "
         "cross-attention drops (no mask in the decoder)\n"
@@ -246,3 +250,27 @@ def test_help_has_examples(run):
     assert res.exit_code == 0 and "Examples:" in res.output and "npperceiver draw-attention --config" in res.output
     for option in ("--attention-mask", "--head-mask", "--latent-mask", "--layer", "--head", "--text", "--format"):
         assert option in res.output
+
+
+# ---------------------------------------------------------------------------- the docs' pictures
+def test_every_docs_picture_is_made_by_a_listed_command_shown_beside_it(tmp_path):
+    """Each attention picture in docs/ comes from a draw-attention line in docs/cli.md, which still runs, and
+    every page showing the picture prints that command right under it."""
+    pytest.importorskip("matplotlib")
+    from regen_docs import pictures, run_command
+
+    listed = pictures()
+    assert {p for _, p in listed} == {f"docs/images/{f.name}" for f in (ROOT / "docs/images").glob("attention-*")}
+    pages = {page.name: page.read_text(encoding="utf-8") for page in (ROOT / "docs").glob("*.md")}
+    for command, picture in listed:
+        name = Path(picture).name
+        shown = {page: text for page, text in pages.items() if f"(images/{name})" in text}
+        assert shown, f"{name} is shown on no page"
+        expected = " ".join(command.replace(f" -o {picture}", "").split())
+        for page, text in shown.items():
+            for at in [m.end() for m in re.finditer(re.escape(f"(images/{name})"), text)]:
+                caption = re.match(r"\s*\*`([^`]*)`", text[at:])  # *`the command`*, under the picture
+                assert caption and " ".join(caption[1].split()) == expected, (page, name, text[at:at + 300])
+        out = tmp_path / name
+        run_command(command, out)
+        assert out.read_bytes().startswith(b"<?xml")

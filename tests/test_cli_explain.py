@@ -45,7 +45,8 @@ def test_compact_view_is_one_row_per_layer(run):
         "encoder.self_attends.0 (block 1)", "encoder.self_attends.1 (block 1)",
         "encoder.self_attends.0 (block 2)", "encoder.self_attends.1 (block 2)", "last_hidden_state"]
     assert [r[2] for r in rows] == ["(2, 5, 24)"] + ["(2, 16, 32)"] * 7
-    assert rows[2][1] == "latents attend to the inputs, 2 heads" and rows[2][3] == "inputs_mask"
+    assert rows[2][1] == "latents attend to inputs, 2 heads, qk 24, v 24" and rows[2][3] == "inputs_mask"
+    assert {r[1] for r in rows[3:7]} == {"latents attend to latents, 4 heads, qk 32, v 32"}
     # HF QUIRK in the rows: layer i reads head_mask[i] in every block
     assert [r[3] for r in rows[3:7]] == [f"head_mask[{i}], latent_mask*" for i in (0, 1, 0, 1)]
 
@@ -69,6 +70,7 @@ def test_compact_view_of_the_language_perceiver_is_short_and_narrow(run):
     assert len(lines) < 45 and max(map(len, lines)) <= 120
     rows = _table(out)
     assert len(rows) == 2 + 1 + 26 + 1 and rows[-2][0] == "encoder.self_attends.25"
+    assert rows[2][1] == "latents attend to inputs, 8 heads, qk 256, v 1280"  # qk_channels, v_channels
     assert "--full lists all" in out
 
 
@@ -77,7 +79,7 @@ def test_compact_view_of_the_mlm(run):
     rows = _table(out)
     assert "latent_mask" not in "".join(r[3] for r in rows) and "PerceiverForMaskedLM takes no latent mask." in out
     decoder = next(r for r in rows if r[0] == "perceiver.decoder.decoding_cross_attention")
-    assert decoder[1] == "output queries attend to the latents, 8 heads" and decoder[3] == "none: HF drops query_mask"
+    assert decoder[1] == "output queries attend to the latents, 8 heads, qk 256, v 24" and decoder[3] == "none: HF drops query_mask"
     assert [r[0] for r in rows][-2:] == ["embedding_decoder", "logits"]
 
 

@@ -138,7 +138,8 @@ def test_text_labels_the_inputs_and_the_decoder_rows(mlm_outputs):
     assert cross.query_labels == tuple(str(n) for n in range(16)) and cross.masked_keys == (5, 6)
 
     dec = attention_map(out, SMALL, "decoder", attention_mask=keep, tokens=tokens)
-    assert dec.module == "decoder.decoding_cross_attention" and dec.num_heads == 8 and len(dec.panels) == 8
+    assert cross.module == "perceiver.encoder.cross_attention"  # HF's module path in PerceiverForMaskedLM
+    assert dec.module == "perceiver.decoder.decoding_cross_attention" and dec.num_heads == 8 and len(dec.panels) == 8
     assert dec.query_labels == tokens and dec.key_labels == tuple(str(n) for n in range(16))
     assert dec.shape == (7, 16) and dec.hidden_queries == 64 - 7  # P = 64 output positions, 7 shown
     assert np.array_equal(dec.panels[0].probs, out.cross_attentions[1][0, 0, :7])

@@ -324,8 +324,9 @@ def attention_map(
     key_labels = tokens if kind.keys == "inputs" else tuple(str(k) for k in range(K))
 
     notes = _notes(kind, ref, config, given, masked_keys, uniform_rows, K, panels, hidden)
+    prefix = "perceiver." if hasattr(outputs, "logits") else ""  # PerceiverForMaskedLM holds the model there
     return AttentionMap(
-        layer=ref.name, module=ref.module(config), what=kind.what, example=int(example), num_heads=H,
+        layer=ref.name, module=prefix + ref.module(config), what=kind.what, example=int(example), num_heads=H,
         query_name=kind.queries, key_name=kind.keys, query_labels=query_labels, key_labels=key_labels,
         panels=panels, masked_keys=masked_keys, masked_by=kind.key_mask if masked_keys else None,
         uniform_rows=uniform_rows, notes=notes, hidden_queries=hidden)
@@ -463,9 +464,9 @@ def attention_figure(amap_or_outputs: Union[AttentionMap, Any], config: Optional
     ncols = n if n <= 2 else 2 if n <= 4 else 4
     nrows = math.ceil(n / ncols)
     # inches per cell: small maps readable, big ones within 4.2 in, the whole figure within ~12 in
-    cell = min(0.32, 4.2 / max(Q, K), (12.0 / ncols - 0.8) / K)
+    cell = min(0.32, (4.2 if n == 1 else 3.2) / max(Q, K), (12.0 / ncols - 0.8) / K)
     panel_w, panel_h = max(1.9, K * cell), max(1.5, Q * cell)
-    width = ncols * (panel_w + 0.8) + 1.2
+    width = max(ncols * (panel_w + 0.8) + 1.2, 0.09 * len(amap.title) + 0.6)  # the title fits at 10 pt
     chars = max(60, int(width * 15))  # note characters per line at 7.5 pt
     notes = [_wrap(f"• {n}", chars) for n in amap.notes]
     notes_h = 0.16 * sum(n.count("\n") + 1 for n in notes) + (0.3 if amap.masked_keys else 0.0) + 0.1
