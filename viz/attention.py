@@ -296,16 +296,15 @@ def attention_map(
     # Which keys the additive mask acting here removes, for this example.
     masked_keys: tuple[int, ...] = ()
     if kind.key_mask is not None and given[kind.key_mask] is not None:
-        keep = check_keep_mask(given[kind.key_mask], kind.key_mask, (B, K), "(B, M)" if K == M else "(B, N)")
+        keep = check_keep_mask(given[kind.key_mask], kind.key_mask, (B, K),
+                               "(B, M)" if kind.keys == "inputs" else "(B, N)")
         masked_keys = tuple(int(k) for k in np.flatnonzero(keep[example] == 0))
-    uniform_rows = tuple(range(Q)) if len(masked_keys) == K else ()
 
     # The factor head_mask multiplies into each head: row ref.index, whatever the block.
     scales = np.ones(H, np.float32)
     row = None
     if kind.head_mask and head_mask is not None:
-        S, L = config.num_self_attends_per_block, config.num_self_attention_layers
-        rows = get_head_mask(head_mask, H, L)  # (L, 1, Hs, 1, 1)
+        rows = get_head_mask(head_mask, H, config.num_self_attention_layers)  # (L, 1, Hs, 1, 1)
         scales = rows[ref.index, 0, :, 0, 0]  # (Hs,)
         row = ref.index
     one_dim = head_mask is not None and np.ndim(head_mask) == 1
@@ -319,6 +318,7 @@ def attention_map(
     if ref.kind == "decoder":
         hidden, Q = Q - M, M
         panels = tuple(Panel(p.head, p.probs[:M], p.head_scale, p.head_mask_entry) for p in panels)
+    uniform_rows = tuple(range(Q)) if len(masked_keys) == K else ()  # a key mask is the same for every query
     tokens = tuple(tokens) if tokens is not None else tuple(str(m) for m in range(M))
     query_labels = tokens if ref.kind == "decoder" else tuple(str(q) for q in range(Q))
     key_labels = tokens if kind.keys == "inputs" else tuple(str(k) for k in range(K))
@@ -428,7 +428,6 @@ def attention_table(amap: AttentionMap, decimals: int = 3) -> str:
 def require_matplotlib():
     """matplotlib's Figure and patches, imported on first use; ``ImportError`` saying how to install it."""
     try:
-        import matplotlib  # noqa: F401
         from matplotlib import patches
         from matplotlib.figure import Figure
     except ImportError as e:
@@ -440,7 +439,8 @@ def require_matplotlib():
 CMAP = "viridis"
 MASKED_COLOUR = "#e8452c"
 SCALED_COLOUR = "#b35900"
-MAX_TICKS = 32  # at most this many labels per axis; longer axes label every k-th row or column
+CELL = 0.22  # inches per row or column, where the panel has room
+LABEL_SPACING = 0.12  # inches a tick label needs: longer axes label every k-th row or column
 
 
 def attention_figure(amap_or_outputs: Union[AttentionMap, Any], config: Optional[PerceiverConfig] = None,
@@ -463,9 +463,10 @@ def attention_figure(amap_or_outputs: Union[AttentionMap, Any], config: Optional
     n = len(amap.panels)
     ncols = n if n <= 2 else 2 if n <= 4 else 4
     nrows = math.ceil(n / ncols)
-    # inches per cell: small maps readable, big ones within 4.2 in, the whole figure within ~12 in
-    cell = min(0.32, (4.2 if n == 1 else 3.2) / max(Q, K), (12.0 / ncols - 0.8) / K)
-    panel_w, panel_h = max(1.9, K * cell), max(1.5, Q * cell)
+    # a quarter inch per cell where it fits; a panel within 4.2 in (3.2 in a grid), the figure within ~12 in
+    side = 4.2 if n == 1 else 3.2
+    panel_w = min(max(1.9, K * CELL), side, 12.0 / ncols - 0.8)
+    panel_h = min(max(1.5, Q * CELL), side)
     width = max(ncols * (panel_w + 0.8) + 1.2, 0.09 * len(amap.title) + 0.6)  # the title fits at 10 pt
     chars = max(60, int(width * 15))  # note characters per line at 7.5 pt
     notes = [_wrap(f"• {n}", chars) for n in amap.notes]
@@ -488,7 +489,7 @@ def attention_figure(amap_or_outputs: Union[AttentionMap, Any], config: Optional
                     bbox=dict(boxstyle="round", facecolor="white", edgecolor=MASKED_COLOUR, alpha=0.9))
         ax.set_title(panel.title, fontsize=9, color=SCALED_COLOUR if panel.scaled else "black",
                      fontweight="bold" if panel.scaled else "normal")
-        _ticks(ax, amap)
+        _ticks(ax, amap, panel_w, panel_h)
     for ax in list(axes.flat)[n:]:
         ax.set_visible(False)
     bar = top.colorbar(image, ax=axes, shrink=0.9 if nrows > 1 else 1.0, pad=0.02)
@@ -507,10 +508,12 @@ def attention_figure(amap_or_outputs: Union[AttentionMap, Any], config: Optional
     return fig
 
 
-def _ticks(ax, amap: AttentionMap) -> None:
-    """Label every row and column, or every k-th one on long axes; masked keys' labels in the mask colour."""
+def _ticks(ax, amap: AttentionMap, width: float, height: float) -> None:
+    """Label every row and column, or every k-th one where a panel of ``width`` x ``height`` inches has no
+    room for all; masked keys' labels in the mask colour."""
     Q, K = amap.shape
-    ystep, xstep = math.ceil(Q / MAX_TICKS), math.ceil(K / MAX_TICKS)
+    ystep = math.ceil(Q / max(1, int(height / LABEL_SPACING)))
+    xstep = math.ceil(K / max(1, int(width / LABEL_SPACING)))
     ax.set_yticks(range(0, Q, ystep), [amap.query_labels[q] for q in range(0, Q, ystep)], fontsize=7)
     xs = list(range(0, K, xstep))
     ax.set_xticks(xs, [amap.key_labels[k] for k in xs], fontsize=7)
