@@ -8,17 +8,22 @@ exit code 1, no traceback (click's own usage errors exit with 2).
 from __future__ import annotations
 
 import os
+import re
 import sys
 import tempfile
 from pathlib import Path
 from typing import Callable, Optional
 
 import click
+import numpy as np
 
 import npperceiver
 from npperceiver.config import PerceiverConfig
 from npperceiver.presets import available_presets, load_preset
-from npperceiver.trace import encoder_steps, format_shape, mlm_steps, scope_title
+from npperceiver.trace import (
+    encoder_steps, format_shape, layer_summary, mask_label, mask_summary, mlm_steps, scope_title,
+)
+from npperceiver.viz import attention as attention_viz
 from npperceiver.viz.encoder_graph import build_encoder_graph, build_mlm_graph
 from npperceiver.viz.render import dot_available, layout_dot, render, to_dot
 
@@ -119,15 +124,18 @@ def draw_encoder(config_name: str, model: str, output: Optional[str], fmt: Optio
               help="encoder: PerceiverModel; mlm: PerceiverForMaskedLM (text preprocessor, encoder, decoder).")
 @click.option("--batch", type=click.IntRange(min=1), help="A number for B in the shapes (default: the letter B).")
 @click.option("--seq-len", type=click.IntRange(min=1), help="A number for M in the shapes (default: the letter M).")
-def explain(config_name: str, model: str, batch: Optional[int], seq_len: Optional[int]) -> None:
-    """Print every step of the encoder's forward pass, in order: the HF module it mirrors, what it
-    computes, its output shape, and the mask acting there. The text twin of draw-encoder.
+@click.option("--full", is_flag=True, help="Every operation, one row each, with its HF module (default: one row "
+                                           "per layer).")
+def explain(config_name: str, model: str, batch: Optional[int], seq_len: Optional[int], full: bool) -> None:
+    """Print the encoder's forward pass, in order: each layer, what it computes, its output shape, and the
+    masks acting there; then what becomes of each mask. --full lists every operation with the HF module it
+    mirrors. The text twin of draw-encoder.
 
     \b
     Examples:
       npperceiver explain --config small.json
-      npperceiver explain --config language-perceiver --batch 1 --seq-len 2048 | less
-      npperceiver explain --config small.json --model mlm
+      npperceiver explain --config language-perceiver --batch 1 --seq-len 2048
+      npperceiver explain --config small.json --model mlm --full | less
     """
 
     config, name = _load_config(config_name)
@@ -137,27 +145,248 @@ def explain(config_name: str, model: str, batch: Optional[int], seq_len: Optiona
         steps = (mlm_steps if model == "mlm" else encoder_steps)(config, batch=batch or "B", seq_len=seq_len or "M")
     except ValueError as e:
         raise CliError(str(e)) from None
-    rows = [("#", "HF module", "operation", "output shape", "mask")]
-    for i, s in enumerate(steps):
-        rows.append((str(i), s.module, f"{s.name}: {s.op}" if s.name != s.module else s.op,
-                     format_shape(s.shape), s.mask or ""))
-    widths = [max(len(r[c]) for r in rows) for c in range(len(rows[0]))]
     sizes = (f"N={config.num_latents} D={config.d_latents} C={config.d_model} "
              f"Hc={config.num_cross_attention_heads} Hs={config.num_self_attention_heads} "
              f"S={config.num_self_attends_per_block} num_blocks={config.num_blocks}")
     if model == "mlm":
         sizes += f" V={config.vocab_size} P={config.max_position_embeddings}"
     what = "Perceiver IO masked language model" if model == "mlm" else "Perceiver encoder"
-    lines = [f"{what} forward pass: {name} ({sizes})", ""]
-    scope = None
+    lines = [f"{what} forward pass: {name} ({sizes})"]
+    if full:
+        rows = [("#", "HF module", "operation", "output shape", "mask")]
+        rows += [(str(i), s.module, f"{s.name}: {s.op}" if s.name != s.module else s.op, format_shape(s.shape),
+                  mask_label(s.mask)) for i, s in enumerate(steps)]
+        lines.append("")
+        headings = {i + 1: scope_title(s, config, model) for i, s in enumerate(steps)
+                    if i == 0 or s.scope != steps[i - 1].scope}
+        lines += _table(rows, headings)
+    else:
+        summary = layer_summary(steps, config, model)
+        lines.append(f"One row per layer; --full lists all {len(steps)} steps, operation by operation.")
+        lines.append("")
+        rows = [("HF module", "what it computes", "output shape", "masks acting")]
+        rows += [(r.module, r.what, format_shape(r.shape), ", ".join(r.masks)) for r in summary]
+        lines += _table(rows)
+        lines += ["", *mask_summary(steps, config, model)]
+    click.echo("\n".join(lines))
+
+
+def _table(rows: list[tuple[str, ...]], headings: "dict[int, str] | None" = None) -> list[str]:
+    """Rows as aligned columns, a rule under the first; ``headings[i]`` ('-- ...') goes before row i."""
+    widths = [max(len(r[c]) for r in rows) for c in range(len(rows[0]))]
+    lines = []
     for i, row in enumerate(rows):
-        if i > 0 and steps[i - 1].scope != scope:  # a heading for each layer
-            scope = steps[i - 1].scope
-            lines.append(f"-- {scope_title(steps[i - 1], config, model)}")
+        if headings and i in headings:
+            lines.append(f"-- {headings[i]}")
         lines.append("  ".join(cell.ljust(w) for cell, w in zip(row, widths)).rstrip())
         if i == 0:
             lines.append("  ".join("-" * w for w in widths))
-    click.echo("\n".join(lines))
+    return lines
+
+
+# ---------------------------------------------------------------------------- draw-attention
+ATTENTION_FORMATS = ("svg", "png", "pdf", "text")
+
+
+@main.command("draw-attention")
+@click.option("--config", "config_name", required=True, metavar="PATH_OR_PRESET",
+              help="A JSON config (an HF config.json works), or a bundled preset: small, language-perceiver.")
+@click.option("--weights", type=click.Path(dir_okay=False),
+              help="Weights (.safetensors or .npz): PerceiverForMaskedLM's with --text, else PerceiverModel's "
+                   "(an MLM checkpoint works too: its encoder is used).")
+@click.option("--random-init", is_flag=True, help="No weights: a seeded random model.")
+@click.option("--seed", type=int, default=0, show_default=True,
+              help="Seed of the random weights (--random-init) and of the random inputs (--seq-len).")
+@click.option("--text", help="A text for the masked language model (PerceiverForMaskedLM), tokenized as "
+                             "[CLS] UTF-8 bytes [SEP]; columns are labelled with its bytes.")
+@click.option("--pad-to", type=click.IntRange(min=1), metavar="N",
+              help="With --text: pad to N tokens with [PAD], masked by the tokenizer's attention_mask.")
+@click.option("--seq-len", type=click.IntRange(min=1), metavar="M",
+              help="Without --text: M random inputs of width d_model for PerceiverModel.  [default: 8]")
+@click.option("--batch", type=click.IntRange(min=1), default=1, show_default=True,
+              help="Without --text: the batch size B of the random inputs.")
+@click.option("--example", type=click.IntRange(min=0), default=0, show_default=True,
+              help="Which batch row to draw.")
+@click.option("--attention-mask", metavar="MASK",
+              help="Over the inputs, 1 keeps, 0 drops: '1,1,1,0,0' (every batch row), rows split by ';' "
+                   "('1,1,0;1,1,1'), or a file (.npy, or text with one row per line).")
+@click.option("--head-mask", metavar="MASK",
+              help="Over the self-attention heads: one row '1,0,1,1' for every layer, or L rows split by ';' "
+                   "(L = num_blocks x num_self_attends_per_block), or a file. 0 silences a head, 0.5 halves it.")
+@click.option("--latent-mask", metavar="MASK",
+              help="Without --text: over the latents, 1 keeps, 0 drops (npperceiver's; acts in every "
+                   "self-attention layer). Same syntax as --attention-mask.")
+@click.option("--layer", default="cross", show_default=True, metavar="LAYER",
+              help="cross | self:I (encoder.self_attends.I, block 1) | self:I:block J | decoder (with --text).")
+@click.option("--head", default="all", show_default=True, metavar="H|all",
+              help="One head, or all of them (a grid, one panel per head).")
+@click.option("--output", "-o", metavar="FILE|-",
+              help="Where to write; '-' for standard output. Default: <config>-attention-<layer>.<format>, "
+                   "and standard output for --format text.")
+@click.option("--format", "fmt", type=click.Choice(ATTENTION_FORMATS),
+              help="svg, png, pdf (need matplotlib: pip install 'npperceiver[plot]'), or text: the same numbers "
+                   "as a table. Default: from the output's extension, else svg.")
+def draw_attention(config_name: str, weights: Optional[str], random_init: bool, seed: int, text: Optional[str],
+                   pad_to: Optional[int], seq_len: Optional[int], batch: int, example: int,
+                   attention_mask: Optional[str], head_mask: Optional[str], latent_mask: Optional[str], layer: str,
+                   head: str, output: Optional[str], fmt: Optional[str]) -> None:
+    """Draw the attention probabilities of a real forward pass, and what each mask does to them.
+
+    One panel per head: queries (latents, or the decoder's output queries) down, keys (inputs, or latents)
+    across. Key columns a mask removed are hatched and labelled in red, a head scaled by head_mask says
+    its factor, a row whose every key is masked is called out (HF makes it uniform, padding included),
+    and notes say which of the masks you passed do not act in this layer, and why.
+
+    \b
+    Examples:
+      npperceiver draw-attention --config small --random-init --seq-len 5 --attention-mask 1,1,1,0,0
+      npperceiver draw-attention --config small --random-init --layer 'self:0:block 2' --head-mask 1,0,0.5,1
+      npperceiver draw-attention --config small --random-init --text "Hi there" --pad-to 12 --format text
+      npperceiver draw-attention --config language-perceiver --weights model.safetensors \\
+        --text "This is a sentence." --layer decoder --head 3 -o decoder.png
+    """
+    if (weights is None) == (not random_init):
+        raise click.UsageError("pass exactly one of --weights FILE and --random-init")
+    if text is not None and (seq_len is not None or batch != 1):
+        raise click.UsageError("--seq-len and --batch are for random inputs; --text makes one row of tokens")
+    if pad_to is not None and text is None:
+        raise click.UsageError("--pad-to pads a --text")
+    config, name = _load_config(config_name)
+    try:
+        ref = attention_viz.parse_layer(layer, config)
+        attention_viz.select_heads(head, ref, config)
+    except ValueError as e:
+        raise CliError(str(e)) from None
+    if ref.kind == "decoder" and text is None:
+        raise CliError("--layer decoder needs --text: the decoding cross-attention belongs to the masked "
+                       "language model (PerceiverForMaskedLM); PerceiverModel has none")
+    if text is not None and latent_mask is not None:
+        raise CliError("--latent-mask: PerceiverForMaskedLM takes no latent mask (nor does HF's); draw the encoder "
+                       "with --seq-len to see one")
+    if fmt is None:
+        suffix = Path(output).suffix.lower().lstrip(".") if output and output != "-" else ""
+        fmt = {"txt": "text"}.get(suffix, suffix) if suffix in (*ATTENTION_FORMATS, "txt") else "svg"
+    if output is None:
+        output = "-" if fmt == "text" else f"{Path(name).stem}-attention-{ref.slug()}.{fmt}"
+    if fmt != "text":
+        try:
+            attention_viz.require_matplotlib()
+        except ImportError:
+            raise CliError(f"{fmt} output needs matplotlib, which is not installed: "
+                           f"{attention_viz.INSTALL_HINT}; or use --format text, which needs nothing") from None
+
+    L, Hs, N = config.num_self_attention_layers, config.num_self_attention_heads, config.num_latents
+    hm = None
+    if head_mask is not None:
+        hm = _mask_option("--head-mask", head_mask)
+        if hm.shape[1] != Hs or hm.shape[0] not in (1, L):
+            raise CliError(f"--head-mask has {hm.shape[0]} row(s) of {hm.shape[1]} values; give one row of Hs = {Hs} "
+                           f"values (every layer) or L = {L} rows (num_blocks x num_self_attends_per_block)")
+        hm = hm[0] if hm.shape[0] == 1 else hm  # (Hs,) or (L, Hs)
+
+    try:
+        if text is not None:
+            _check_mlm(config, name)
+            P = config.max_position_embeddings
+            tokenizer = npperceiver.PerceiverTokenizer(model_max_length=P)
+            encoded = tokenizer(text, padding="max_length" if pad_to else False, max_length=pad_to,
+                                truncation=False)
+            ids = encoded["input_ids"]
+            what = f"[CLS] + {len(text.encode())} bytes + [SEP]" + (f" + {len(ids) - len(text.encode()) - 2} [PAD]"
+                                                                  if pad_to else "")
+            if pad_to is not None and pad_to < len(ids):
+                raise CliError(f"--pad-to {pad_to} is shorter than the text ({len(ids)} tokens: {what})")
+            if len(ids) > P:
+                raise CliError(f"the text is {len(ids)} tokens long ({what}) but this model accepts at most {P} "
+                               "(max_position_embeddings); shorten it")
+            B, M = 1, len(ids)
+            am = _keep_option("--attention-mask", attention_mask, B, M, f"the text's {M} tokens ({what})")
+            if am is None and pad_to is not None:
+                am = np.array([encoded["attention_mask"]], np.float32)  # the tokenizer's: 0 on [PAD]
+            model = (npperceiver.PerceiverForMaskedLM.init(config, seed=seed) if random_init else
+                     npperceiver.PerceiverForMaskedLM.from_state_dict(config, npperceiver.load_weights(weights)))
+            out = model(np.array([ids]), attention_mask=am, head_mask=hm, output_attentions=True)
+            tokens, lm = attention_viz.token_labels(ids), None
+        else:
+            B, M = batch, seq_len or 8
+            am = _keep_option("--attention-mask", attention_mask, B, M, f"the {M} inputs (--seq-len)")
+            lm = _keep_option("--latent-mask", latent_mask, B, N, f"the {N} latents (num_latents)")
+            model = (npperceiver.PerceiverModel.init(config, seed=seed) if random_init else
+                     npperceiver.PerceiverModel.from_state_dict(config, npperceiver.load_weights(weights),
+                                                                strict=False))
+            inputs = np.random.default_rng(seed).standard_normal((B, M, config.d_model)).astype(np.float32)
+            out = model(inputs, attention_mask=am, head_mask=hm, latent_mask=lm, output_attentions=True)
+            tokens = None
+        if example >= B:
+            raise CliError(f"--example {example} does not exist: the batch has {B} row{'s' * (B != 1)} "
+                           f"(0 .. {B - 1}; --batch sets B)")
+        amap = attention_viz.attention_map(out, config, ref, head=head, example=example, attention_mask=am,
+                                           head_mask=hm, latent_mask=lm, tokens=tokens)
+    except (OSError, ValueError) as e:
+        raise CliError(_one_line(e)) from None
+
+    data = attention_viz.attention_table(amap).encode() if fmt == "text" else attention_viz.render_attention(amap, fmt)
+    _write(output, data)
+    if output != "-":
+        click.echo(f"wrote {output}", err=True)
+
+
+def _mask_option(option: str, value: str) -> np.ndarray:
+    """A mask given on the command line, as a float32 (rows, columns) array: '1,1,0' is one row, ';' splits
+    rows ('1,0;1,1'); a path to a .npy file, or to a text file with one row per line, is read instead."""
+    path = Path(value)
+    if path.is_file():
+        if path.suffix.lower() == ".npy":
+            try:
+                arr = np.load(path, allow_pickle=False)
+            except (OSError, ValueError) as e:
+                raise CliError(f"{option} {value}: cannot read it as a .npy file: {_one_line(e)}") from None
+            if arr.ndim not in (1, 2) or arr.size == 0 or not (np.issubdtype(arr.dtype, np.number) or arr.dtype == bool):
+                raise CliError(f"{option} {value}: expected a 1-D or 2-D array of numbers, got {arr.dtype} {arr.shape}")
+            return np.atleast_2d(arr).astype(np.float32)
+        try:
+            rows = [r for r in path.read_text(encoding="utf-8").splitlines() if r.strip()]
+        except (OSError, UnicodeDecodeError) as e:
+            raise CliError(f"{option} {value}: cannot read it: {_one_line(e)}") from None
+    else:
+        rows = value.split(";")
+    parsed = []
+    for row in rows:
+        cells = [c for c in re.split(r"[,\s]+", row.strip()) if c]
+        if not cells:
+            raise CliError(f"{option} {value!r}: an empty row (write values like 1,1,0; rows split by ';')")
+        try:
+            parsed.append([float(c) for c in cells])
+        except ValueError:
+            bad = next(c for c in cells if not _is_number(c))
+            hint = "no such file, and" if "," not in value and ";" not in value and not _is_number(value) else "but"
+            raise CliError(f"{option} {value!r}: {hint} {bad!r} is not a number (write values like 1,1,0; rows "
+                           f"split by ';'; or give a file)") from None
+    if len({len(r) for r in parsed}) > 1:
+        raise CliError(f"{option} {value!r}: rows of different lengths ({', '.join(str(len(r)) for r in parsed)})")
+    return np.array(parsed, np.float32)
+
+
+def _is_number(text: str) -> bool:
+    try:
+        float(text)
+    except ValueError:
+        return False
+    return True
+
+
+def _keep_option(option: str, value: Optional[str], B: int, K: int, what: str) -> Optional[np.ndarray]:
+    """A 0/1 keep-mask option as (B, K): one row is used for every batch row."""
+    if value is None:
+        return None
+    mask = _mask_option(option, value)
+    if mask.shape[1] != K:
+        raise CliError(f"{option} has {mask.shape[1]} values per row but there are {K} keys: {what}")
+    if mask.shape[0] not in (1, B):
+        raise CliError(f"{option} has {mask.shape[0]} rows; give one (used for every example) or B = {B}")
+    if not np.all((mask == 0) | (mask == 1)):
+        raise CliError(f"{option}: values must be 1 (keep) or 0 (drop), found {mask[(mask != 0) & (mask != 1)][0]:g}")
+    return np.broadcast_to(mask, (B, K)).copy()
 
 
 def _check_mlm(config, name: str) -> None:

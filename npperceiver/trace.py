@@ -69,7 +69,8 @@ def scope_title(step: Step, config: PerceiverConfig, model: str = "encoder") -> 
     if scope == "masks":
         if model == "mlm":
             return "the masks, as PerceiverModel.forward prepares them (PerceiverForMaskedLM takes no latent mask)"
-        return "the three masks, as PerceiverModel.forward prepares them"
+        return ("the masks: attention_mask and head_mask as PerceiverModel.forward prepares them; latent_mask is "
+                "npperceiver's (HF's PerceiverModel has none: it passes attention_mask=None to its encoder)")
     if scope == "cross":
         return "encoder.cross_attention: latents attend to the inputs (inputs_mask only)"
     if scope == "text":
@@ -83,9 +84,19 @@ def scope_title(step: Step, config: PerceiverConfig, model: str = "encoder") -> 
         return "embedding_decoder: logits with the token embedding, transposed (tied by use)"
     if scope == "output":
         return "the encoder's result" if model == "mlm" and step.id.endswith("last_hidden_state") else "result"
-    masks = f"attention_mask, head_mask[{step.layer}]" if model == "encoder" else f"head_mask[{step.layer}]"
+    masks = f"head_mask[{step.layer}]"
+    if model == "encoder":
+        masks += ", and npperceiver's latent_mask as attention_mask: HF passes attention_mask=None here"
     return (f"encoder.self_attends.{step.layer}, block {step.block + 1} of {config.num_blocks}: latents attend "
             f"to latents ({masks}; same weights in every block)")
+
+
+def mask_label(mask: Optional[str]) -> str:
+    """How a table names the mask acting at a step (:attr:`Step.mask`): the latent self-attention's
+    ``attention_mask`` says where it comes from, because HF's ``PerceiverModel`` never passes one."""
+    if mask == "attention_mask":
+        return "attention_mask (= latent_mask; HF: None)"
+    return mask or ""
 
 
 def _check_size(name: str, value: Dim, letter: str) -> Dim:
@@ -351,3 +362,88 @@ _ACT_DESCRIPTIONS = {
     "silu": "SiLU",
     "swish": "SiLU",
 }
+
+
+# ---------------------------------------------------------------------------- the compact view: one row per layer
+@dataclass(frozen=True)
+class LayerSummary:
+    """One row of ``explain``'s compact view: a layer (or an input, or the result) of the trace."""
+
+    module: str  # "encoder.self_attends.0 (block 2)"
+    what: str  # "latents attend to latents, 4 heads"
+    shape: Shape  # the shape it outputs
+    masks: Tuple[str, ...] = ()  # the masks acting in it, as mask_label words them
+
+
+def layer_summary(steps: list[Step], config: PerceiverConfig, model: str = "encoder") -> list[LayerSummary]:
+    """The trace of :func:`encoder_steps` or :func:`mlm_steps` with one row per layer instead of one per
+    operation: the inputs, each attention layer with its heads and the masks acting in it, the results. The
+    mask sources are left out (:func:`mask_summary` words them). A latent self-attention's
+    ``attention_mask`` is listed as ``latent_mask*``: npperceiver's, never passed by HF's ``PerceiverModel``."""
+    groups: list[list[Step]] = []
+    for s in steps:  # consecutive runs of one scope (the MLM's "output" scope comes twice)
+        if groups and groups[-1][0].scope == s.scope:
+            groups[-1].append(s)
+        else:
+            groups.append([s])
+    rows: list[LayerSummary] = []
+    for group in groups:
+        scope, last = group[0].scope, group[-1]
+        masks = tuple(sorted(("latent_mask*" if s.mask == "attention_mask" else s.mask) for s in group if s.mask))
+        if scope == "inputs":
+            rows += [LayerSummary(s.module, s.op, s.shape) for s in group if s.kind != "parameter"]
+        elif scope == "output":
+            rows += [LayerSummary(s.module, _RESULTS.get(s.name, s.op), s.shape) for s in group]
+        elif scope == "text":
+            rows.append(LayerSummary(group[0].module, group[0].op, group[0].shape))
+            rows.append(LayerSummary(last.module, "token embedding + position embedding", last.shape))
+        elif scope == "cross":
+            rows.append(LayerSummary(last.module, f"latents attend to inputs, {_widths(config.cross_attention)}",
+                                     last.shape, masks))
+        elif scope == "decoder_query":
+            rows.append(LayerSummary(last.module, "output queries: learned, the same for every input", last.shape))
+        elif scope == "decoder":
+            rows.append(LayerSummary(last.module, "output queries attend to the latents, "
+                                     f"{_widths(decoder_attention_dims(config))}", last.shape,
+                                     ("none: HF drops query_mask",)))
+        elif scope == "embedding_decoder":
+            rows.append(LayerSummary(last.module, "@ token embedding^T + bias", last.shape))
+        elif last.layer is not None:  # a self-attention layer in one application of the block
+            block = f" (block {last.block + 1})" if config.num_blocks > 1 else ""
+            rows.append(LayerSummary(f"{last.module}{block}", f"latents attend to latents, "
+                                     f"{_widths(config.self_attention)}", last.shape, masks))
+    return rows
+
+
+def _widths(dims: AttentionDims) -> str:
+    """"2 heads, qk 24, v 24": an attention's heads and its query/key and value widths."""
+    return f"{dims.num_heads} heads, qk {dims.qk_channels}, v {dims.v_channels}"
+
+
+_RESULTS = {"last_hidden_state": "the encoded latents", "logits": "a score for each token at each position"}
+
+
+def mask_summary(steps: list[Step], config: PerceiverConfig, model: str = "encoder") -> list[str]:
+    """Lines saying what becomes of each mask and where it acts, HF's masks apart from npperceiver's."""
+    by_id = {s.id: s for s in steps}
+    am, im = by_id["masks/attention_mask"], by_id["masks/inputs_mask"]
+    hm, hm5 = by_id["masks/head_mask"], by_id["masks/head_mask_5d"]
+    S, L = config.num_self_attends_per_block, config.num_self_attention_layers
+    lines = [
+        "The masks, as PerceiverModel.forward prepares them:",
+        f"  attention_mask {format_shape(am.shape)} -> inputs_mask {format_shape(im.shape)} = (1 - mask) * float32 "
+        "min: the cross-attention only",
+        f"  head_mask {format_shape(hm.shape)} -> {format_shape(hm5.shape)}: self_attends.i x row i in every block"
+        + (f" (rows {S}..{L - 1} never read)" if L > S else ""),
+    ]
+    if model == "mlm":
+        lines.append("  the decoder gets none: HF passes inputs_mask as query_mask, which its cross-attention drops")
+        lines.append("PerceiverForMaskedLM takes no latent mask.")
+    if "masks/latent_mask" in by_id:
+        lm, bias = by_id["masks/latent_mask"], by_id["masks/attention_bias"]
+        lines += [
+            "* npperceiver's latent_mask (HF's PerceiverModel has none: it passes attention_mask=None to its encoder):",
+            f"  latent_mask {format_shape(lm.shape)} -> attention_mask {format_shape(bias.shape)}: every self-attention "
+            "layer, not the cross-attention",
+        ]
+    return lines

@@ -9,6 +9,9 @@ In a page, a block of command output is marked like this::
 
 ``tests/test_docs.py`` checks every such block against the command's real output; after a change on
 purpose, ``python -m tests.regen_docs`` (from the repository root) rewrites them.
+
+The attention pictures are generated the same way: ``docs/cli.md`` lists the ``npperceiver draw-attention
+... -o docs/images/...`` line that makes each one, and ``python -m tests.regen_docs`` runs them too.
 """
 
 from __future__ import annotations
@@ -20,10 +23,12 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 BLOCK = re.compile(r"(<!-- output of: (?P<cmd>.+?) -->\n```text\n)(?P<body>.*?)(```)", re.S)
+PICTURE = re.compile(r"^(npperceiver draw-attention .* -o (docs/images/\S+))$", re.M)
 
 
-def run_command(command: str) -> str:
-    """Standard output of an ``npperceiver ...`` command line, run in-process."""
+def run_command(command: str, output: "Path | None" = None) -> str:
+    """Standard output of an ``npperceiver ...`` command line, run in-process; ``output`` replaces the
+    path after ``-o`` (a picture command writes there instead)."""
     from click.testing import CliRunner
 
     sys.path.insert(0, str(ROOT))
@@ -32,10 +37,17 @@ def run_command(command: str) -> str:
     args = shlex.split(command)
     if args[:1] != ["npperceiver"]:
         raise ValueError(f"generated blocks must run an npperceiver command, got {command!r}")
+    if output is not None:
+        args[args.index("-o") + 1] = str(output)
     result = CliRunner().invoke(main, args[1:], prog_name="npperceiver", terminal_width=100)
     if result.exit_code != 0:
         raise RuntimeError(f"{command!r} exited with {result.exit_code}: {result.output}")
     return result.stdout
+
+
+def pictures() -> list[tuple[str, str]]:
+    """``(command, picture path)`` of every picture ``docs/cli.md`` says ``draw-attention`` makes."""
+    return [(m[1], m[2]) for m in PICTURE.finditer((ROOT / "docs" / "cli.md").read_text(encoding="utf-8"))]
 
 
 def blocks(text: str):
@@ -56,3 +68,6 @@ if __name__ == "__main__":
     for page in sorted((ROOT / "docs").glob("*.md")):
         if regenerate(page):
             print(f"updated {page.relative_to(ROOT)}")
+    for command, picture in pictures():
+        run_command(command, ROOT / picture)
+        print(f"drew {picture}")

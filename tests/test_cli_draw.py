@@ -156,18 +156,18 @@ def assert_rows_are_the_steps(stdout: str, steps) -> None:
         cells = row.split()
         assert cells[0] == str(i) and cells[1] == s.module
         assert f"({', '.join(map(str, s.shape))}{',' if len(s.shape) == 1 else ''})" in row
-        assert row.rstrip().endswith(s.mask) if s.mask else True
+        assert s.mask in row if s.mask else True
 
 
 def test_explain_lists_every_step_in_order(run):
-    res = run("explain", "--config", "small", "--batch", "2", "--seq-len", "5")
+    res = run("explain", "--config", "small", "--batch", "2", "--seq-len", "5", "--full")
     assert res.exit_code == 0, res.stderr
     assert_rows_are_the_steps(res.stdout, encoder_steps(npp.load_preset("small"), batch=2, seq_len=5))
     assert "head_mask[1]" in res.stdout and "-- encoder.self_attends.1, block 2 of 2" in res.stdout
 
 
 def test_explain_symbolic_by_default(run):
-    res = run("explain", "--config", "language-perceiver")
+    res = run("explain", "--config", "language-perceiver", "--full")
     assert res.exit_code == 0 and "(B, 8, 256, M)" in res.stdout and "sqrt(32)" in res.stdout
 
 
@@ -208,7 +208,7 @@ def test_mlm_refuses_unsuitable_configs_in_one_line(run, tmp_path):
 
 
 def test_explain_mlm_lists_every_step_in_order(run):
-    res = run("explain", "--config", "small", "--model", "mlm", "--batch", "2", "--seq-len", "5")
+    res = run("explain", "--config", "small", "--model", "mlm", "--batch", "2", "--seq-len", "5", "--full")
     assert res.exit_code == 0, res.stderr
     assert_rows_are_the_steps(res.stdout, mlm_steps(npp.load_preset("small"), batch=2, seq_len=5))
     out = res.stdout
