@@ -174,7 +174,8 @@ class PerceiverModel:
         """
         shape = (cache["batch_size"], self.config.num_latents, self.config.d_latents)  # (B, N, D)
         d_last = _check_cotangent(d_last_hidden_state, shape, "d_last_hidden_state", self.dtype)
-        d_latents, d_inputs, encoder_grads = perceiver_encoder_backward(d_last, self.params["encoder"], cache["encoder"])
+        d_latents, d_inputs, encoder_grads = perceiver_encoder_backward(
+            d_last, self.params["encoder"], cache["encoder"])  # (B, N, D), (B, M, C)
         grads = {"embeddings": {"latents": latent_array_backward(d_latents)}, "encoder": encoder_grads}
         return grads_state_dict(grads, param_shapes(self.config)), d_inputs
 

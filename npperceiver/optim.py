@@ -28,7 +28,7 @@ from typing import Any, Mapping
 
 import numpy as np
 
-_LERP_SMALL = 0.5  # torch's lerp computes ``start + w (end - start)`` for |w| < 0.5, else ``end - (1 - w)(end - start)``
+_LERP_SMALL = 0.5  # torch's lerp: ``start + w (end - start)`` for |w| < 0.5, else ``end - (1 - w)(end - start)``
 
 
 class AdamW:

@@ -158,7 +158,8 @@ def decoder_query(params: Params, batch_size: int) -> np.ndarray:
 
 
 def decoder_query_backward(d_query: np.ndarray) -> Params:
-    """Backward of :func:`decoder_query`: (B, P, C) -> ``{"output_position_encodings": {"position_embeddings": (P, C)}}``."""
+    """Backward of :func:`decoder_query`: the queries' gradient (B, P, C), summed over the batch, is the
+    gradient of the position encodings: ``{"output_position_encodings": {"position_embeddings": (P, C)}}``."""
     return {"output_position_encodings": {"position_embeddings": trainable_position_encoding_backward(d_query)}}
 
 

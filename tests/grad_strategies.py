@@ -72,7 +72,8 @@ def random_state(shapes: Mapping[str, tuple[int, ...]], rng: np.random.Generator
 
 
 def random_model(config: npp.PerceiverConfig, seed: int) -> npp.PerceiverModel:
-    return npp.PerceiverModel.from_state_dict(config, random_state(npp.param_shapes(config), np.random.default_rng(seed)))
+    state = random_state(npp.param_shapes(config), np.random.default_rng(seed))
+    return npp.PerceiverModel.from_state_dict(config, state)
 
 
 def random_mlm(config: npp.PerceiverConfig, seed: int) -> npp.PerceiverForMaskedLM:

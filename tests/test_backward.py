@@ -22,7 +22,9 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import npperceiver as npp
-from grad_strategies import directional_check, grad_configs, head_mask, keep_mask, random_mlm, random_model, random_state
+from grad_strategies import (
+    directional_check, grad_configs, head_mask, keep_mask, random_mlm, random_model, random_state,
+)
 from npperceiver.attention import (
     merge_heads, merge_heads_backward, perceiver_self_attention, perceiver_self_attention_backward,
     scaled_dot_product_attention, scaled_dot_product_attention_backward, split_heads, split_heads_backward,
@@ -310,7 +312,8 @@ def test_masked_inputs_get_exactly_zero_gradient(config, seed, all_masked):
 def head_rows(dims: AttentionDims, h: int) -> dict[str, slice]:
     """The rows of the q, k, v weights (and biases) that belong to head h."""
     qk, v = dims.qk_head_dim, dims.v_head_dim
-    return {"query": slice(h * qk, (h + 1) * qk), "key": slice(h * qk, (h + 1) * qk), "value": slice(h * v, (h + 1) * v)}
+    return {"query": slice(h * qk, (h + 1) * qk), "key": slice(h * qk, (h + 1) * qk),
+            "value": slice(h * v, (h + 1) * v)}
 
 
 @settings(max_examples=25)
@@ -407,9 +410,11 @@ def test_shared_block_gradient_is_the_sum_over_its_applications(config, seed):
     rng = np.random.default_rng(seed)
     model = random_model(config, seed)
     S, NB = config.num_self_attends_per_block, config.num_blocks
-    unrolled_config = npp.PerceiverConfig.from_dict(dict(config.to_dict(), num_blocks=1, num_self_attends_per_block=NB * S))
+    unrolled_config = npp.PerceiverConfig.from_dict(
+        dict(config.to_dict(), num_blocks=1, num_self_attends_per_block=NB * S))
     params = copy.deepcopy(model.params)
-    params["encoder"]["self_attends"] = [copy.deepcopy(model.params["encoder"]["self_attends"][j % S]) for j in range(NB * S)]
+    block = model.params["encoder"]["self_attends"]
+    params["encoder"]["self_attends"] = [copy.deepcopy(block[j % S]) for j in range(NB * S)]
     unrolled = npp.PerceiverModel(unrolled_config, params)
     hm = head_mask(rng, config, two_d=True)
     x = rng.standard_normal((2, 3, config.d_model)).astype(np.float32)
@@ -422,7 +427,8 @@ def test_shared_block_gradient_is_the_sum_over_its_applications(config, seed):
             np.testing.assert_allclose(g, unrolled_grads[key], rtol=0, atol=1e-5 * max(1, np.abs(g).max()))
             continue
         i, rest = key.split(".self_attends.")[1].split(".", 1)
-        total = sum(unrolled_grads[f"encoder.self_attends.{b * S + int(i)}.{rest}"].astype(np.float64) for b in range(NB))
+        total = sum(unrolled_grads[f"encoder.self_attends.{b * S + int(i)}.{rest}"].astype(np.float64)
+                    for b in range(NB))
         np.testing.assert_allclose(g, total, rtol=0, atol=1e-5 * max(1, np.abs(total).max()), err_msg=key)
 
 
@@ -456,9 +462,10 @@ def test_dropout_is_off_without_a_generator_and_on_with_one():
     p, q = plain.cross_attentions[0], dropped.cross_attentions[0]  # (B, Hc, N, M)
     assert abs(np.mean(q == 0) - 0.3) < 0.03
     np.testing.assert_allclose(q[q != 0], p[q != 0] / np.float32(0.7), rtol=1e-6)  # survivors scaled by 1/(1-p)
-    no_dropout = npp.PerceiverModel(npp.PerceiverConfig.from_dict(dict(config.to_dict(), attention_probs_dropout_prob=0.0)),
-                                    model.params)
-    assert np.array_equal(no_dropout(x, dropout_rng=np.random.default_rng(1)).last_hidden_state, plain.last_hidden_state)
+    p_zero = npp.PerceiverConfig.from_dict(dict(config.to_dict(), attention_probs_dropout_prob=0.0))
+    no_dropout = npp.PerceiverModel(p_zero, model.params)
+    assert np.array_equal(no_dropout(x, dropout_rng=np.random.default_rng(1)).last_hidden_state,
+                          plain.last_hidden_state)
 
 
 def test_dropout_gradient_matches_finite_differences():
@@ -573,7 +580,8 @@ def test_warmup_cosine_lr():
 def test_vjp_rejects_a_cotangent_of_the_wrong_shape_or_with_nan():
     model = random_model(npp.load_preset("small"), 0)
     x = np.zeros((2, 5, model.config.d_model), np.float32)
-    with pytest.raises(ValueError, match=r"cotangent must have the shape of last_hidden_state \(B, N, D\) = \(2, 16, 32\), got \(2, 5, 32\)"):
+    expected = r"cotangent must have the shape of last_hidden_state \(B, N, D\) = \(2, 16, 32\), got \(2, 5, 32\)"
+    with pytest.raises(ValueError, match=expected):
         model.vjp(x, np.zeros((2, 5, 32)))
     with pytest.raises(ValueError, match="cotangent must be finite"):
         model.vjp(x, np.full((2, 16, 32), np.nan))

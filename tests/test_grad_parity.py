@@ -102,7 +102,8 @@ def check_against_torch(what, config, case, ours, t32, t64):
     torch_err, torch_key = worst(t32, t64)
     RESULTS.append((what, config, case, err, torch_err))
     assert err <= FACTOR * max(torch_err, TORCH_FLOOR), (
-        f"{what} {config}/{case}: worst error {err:.3g} ({key}) > {FACTOR} x torch float32's {torch_err:.3g} ({torch_key})")
+        f"{what} {config}/{case}: worst error {err:.3g} ({key}) > {FACTOR} x torch float32's {torch_err:.3g} "
+        f"({torch_key})")
     assert err <= ABS_BOUND, f"{what} {config}/{case}: worst error {err:.3g} ({key})"
 
 
@@ -217,7 +218,8 @@ def mlm_pair(name):
     hf = transformers.PerceiverForMaskedLM(transformers.PerceiverConfig(**cfg)).eval()
     randomize_(hf, np.random.default_rng(seed_of("weights-grad-mlm", name)))
     sd = {k: v.detach().numpy() for k, v in hf.state_dict().items()}
-    return hf, copy.deepcopy(hf).double(), npp.PerceiverForMaskedLM.from_state_dict(npp.PerceiverConfig.from_dict(cfg), sd)
+    model = npp.PerceiverForMaskedLM.from_state_dict(npp.PerceiverConfig.from_dict(cfg), sd)
+    return hf, copy.deepcopy(hf).double(), model
 
 
 def make_mlm_case(name, case):
@@ -231,7 +233,8 @@ def make_mlm_case(name, case):
     labels[rng.random((BATCH, P)) < 0.4] = -100
     kwargs = {}
     if "inputs" in spec:
-        kwargs["attention_mask"] = keep_mask(rng, BATCH, M, all_masked_row=2 if spec["inputs"] == "all_masked" else None)
+        all_masked_row = 2 if spec["inputs"] == "all_masked" else None
+        kwargs["attention_mask"] = keep_mask(rng, BATCH, M, all_masked_row=all_masked_row)
     if "head" in spec:
         kwargs["head_mask"] = head_mask(spec["head"], cfg)
     return input_ids, labels, kwargs
