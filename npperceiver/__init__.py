@@ -26,7 +26,7 @@ from .dims import AttentionDims
 from .weights import load_weights, param_shapes, save_weights
 from .text import PerceiverForMaskedLM, PerceiverMaskedLMOutput, mlm_param_shapes
 from .tokenizer import PerceiverTokenizer
-from .optim import AdamW, warmup_cosine_lr
+from .optim import AdamW, clip_grad_norm, warmup_cosine_lr
 
 __version__ = "0.1.0"
 
@@ -38,7 +38,7 @@ __all__ = [
     "streaming_cross_attention",
     "__version__",
     "PerceiverForMaskedLM", "PerceiverMaskedLMOutput", "PerceiverTokenizer", "mlm_param_shapes",
-    "AdamW", "Dropout", "warmup_cosine_lr", "latent_array_backward", "perceiver_attention_backward",
+    "AdamW", "Dropout", "clip_grad_norm", "warmup_cosine_lr", "latent_array_backward", "perceiver_attention_backward",
     "perceiver_encoder_backward", "perceiver_layer_backward", "perceiver_mlp_backward",
     "perceiver_self_attention_backward", "scaled_dot_product_attention_backward",
 ]

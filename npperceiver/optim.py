@@ -190,6 +190,26 @@ def _check_hyperparameters(lr: Any, betas: Any, eps: Any, weight_decay: Any) -> 
             raise ValueError(f"betas[{i}] must lie in [0, 1), got {beta}")
 
 
+def clip_grad_norm(grads: Mapping[str, np.ndarray], max_norm: float) -> np.floating:
+    """``torch.nn.utils.clip_grad_norm_(parameters, max_norm)`` on a dict of gradients, in place: if the global
+    L2 norm (the norm of every gradient taken as one vector) exceeds ``max_norm``, scale every gradient by
+    ``max_norm / (norm + 1e-6)``. Returns the norm before clipping (a non-finite one is left to
+    :meth:`AdamW.step`, which rejects non-finite gradients)."""
+    if isinstance(max_norm, bool) or not isinstance(max_norm, (int, float)) or not max_norm > 0:
+        raise ValueError(f"max_norm must be a positive number, got {max_norm!r}")
+    arrays = list(grads.values())
+    if not arrays:
+        return np.float32(0.0)
+    dtype = arrays[0].dtype.type
+    norms = np.array([np.linalg.norm(g.ravel()) for g in arrays], dtype=dtype)  # one norm per tensor, as torch
+    total = np.linalg.norm(norms)  # the norm of the norms = the norm of everything
+    coefficient = dtype(max_norm) / (total + dtype(1e-6))  # torch: max_norm / (total_norm + 1e-6), clamped to 1
+    if coefficient < 1:
+        for g in arrays:
+            g *= coefficient
+    return total
+
+
 def warmup_cosine_lr(step: int, base_lr: float, warmup_steps: int, total_steps: int, min_lr: float = 0.0) -> float:
     """The learning rate at ``step`` (counted from 0): linear warmup from ``base_lr / warmup_steps`` to
     ``base_lr`` over ``warmup_steps`` steps, then a cosine decay to ``min_lr`` at ``total_steps``, and ``min_lr``

@@ -210,6 +210,34 @@ def test_perceiver_layer_backward_matches_finite_differences(is_cross, heads, re
     directional_check(lambda p: np.sum(forward(p) * d_out), point, analytic, rng, **tolerances(hidden_act))
 
 
+def test_causal_self_attention_layer_backward():
+    """A decoder's masked self-attention is the same perceiver_layer with a causal additive bias (1, 1, T, T):
+    finite differences agree, and the output at position t sends no gradient to positions after t."""
+    rng = np.random.default_rng(12)
+    T, D, heads = 5, 6, 2
+    dims = AttentionDims(is_cross=False, num_heads=heads, q_dim=D, kv_dim=D, qk_channels=D, v_channels=D,
+                         output_channels=D, widening_factor=2, use_query_residual=True)
+    flat = layer_params(dims, rng)
+    causal = np.triu(np.full((T, T), MASK_MIN, np.float32), k=1)[None, None]  # (1, 1, T, T): t sees 0..t
+    point = dict(flat, hidden_states=f64(rng, 2, T, D))
+    d_out = f64(rng, 2, T, D)
+
+    def forward(p, d=d_out, cache=None):
+        params = unflatten({k: v for k, v in p.items() if k.startswith("layer.")})["layer"]
+        return perceiver_layer(params, p["hidden_states"], heads, hidden_act="silu", attention_mask=causal,
+                               cache=cache)[0]
+
+    cache = {}
+    forward(point, cache=cache)
+    d_hidden, _, grads = perceiver_layer_backward(d_out, unflatten(flat)["layer"], cache)
+    analytic = dict({f"layer.{k}": v for k, v in flatten(grads)}, hidden_states=d_hidden)
+    directional_check(lambda p: np.sum(forward(p) * d_out), point, analytic, rng, RTOL)
+    only_t = np.zeros_like(d_out)
+    only_t[:, 2] = d_out[:, 2]  # a loss on position 2 alone
+    d_hidden, _, _ = perceiver_layer_backward(only_t, unflatten(flat)["layer"], cache)
+    assert np.all(d_hidden[:, 3:] == 0) and np.all(np.any(d_hidden[:, :3] != 0, axis=-1))
+
+
 # ============================================================================ the whole model
 def model_masks(rng, config, B, M, kinds):
     am = keep_mask(rng, B, M, all_masked_row=B - 1 if "all_masked" in kinds else None) if "inputs" in kinds else None
@@ -561,6 +589,17 @@ def test_adamw_rejects_non_finite_gradients_naming_the_parameter():
 def test_adamw_rejects_bad_hyperparameters(kwargs, match):
     with pytest.raises(ValueError, match=match):
         npp.AdamW(random_model(npp.load_preset("small"), 0), **kwargs)
+
+
+def test_clip_grad_norm_scales_only_above_the_bound():
+    grads = {"a": np.full(4, 3.0, np.float32), "b": np.full(1, 4.0, np.float32)}  # norm sqrt(36 + 16)
+    total = npp.clip_grad_norm(grads, 1e3)
+    assert total == pytest.approx(math.sqrt(52)) and grads["a"][0] == 3.0  # below the bound: untouched
+    npp.clip_grad_norm(grads, 1.0)
+    norm = math.sqrt(sum(float(np.sum(g.astype(np.float64) ** 2)) for g in grads.values()))
+    assert norm == pytest.approx(1.0, rel=1e-5)
+    with pytest.raises(ValueError, match="max_norm must be a positive number"):
+        npp.clip_grad_norm(grads, 0)
 
 
 def test_warmup_cosine_lr():

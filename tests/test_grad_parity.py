@@ -329,6 +329,22 @@ def test_adamw_training_run_matches_torch():
             np.testing.assert_allclose(value, named[key].detach().numpy(), rtol=0, atol=2e-4, err_msg=key)
 
 
+@pytest.mark.parametrize("max_norm", [1e-3, 1.0, 1e6])
+def test_clip_grad_norm_matches_torch(max_norm):
+    """npp.clip_grad_norm == torch.nn.utils.clip_grad_norm_: the same total norm, the same scaled gradients."""
+    _, _, model = mlm_pair("small")
+    input_ids, labels, _ = make_mlm_case("small", "labels")
+    _, grads = model.loss_and_grads(input_ids, labels)
+    params = [torch.nn.Parameter(torch.from_numpy(g.copy())) for g in grads.values()]
+    for p, g in zip(params, grads.values()):
+        p.grad = torch.from_numpy(g.copy())
+    expected = torch.nn.utils.clip_grad_norm_(params, max_norm).item()
+    total = npp.clip_grad_norm(grads, max_norm)
+    assert total.dtype == np.float32 and total == pytest.approx(expected, rel=1e-6)
+    for p, g in zip(params, grads.values()):
+        np.testing.assert_allclose(g, p.grad.numpy(), rtol=1e-6, atol=1e-12)
+
+
 # ---------------------------------------------------------------------------- summary
 def test_zz_worst_gradient_error_summary(capsys):
     """The worst gradient errors over every comparison above (runs last: pytest keeps file order)."""
