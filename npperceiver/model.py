@@ -166,8 +166,9 @@ class PerceiverModel:
         return inputs_mask, latent_bias, head_mask
 
     # ------------------------------------------------------------------ backward
-    def backward(self, cache: Cache, d_last_hidden_state: Any) -> tuple[dict[str, np.ndarray], np.ndarray]:
-        """The gradients, given the ``cache`` a call recorded and the gradient of its ``last_hidden_state``.
+    def backward(self, d_last_hidden_state: Any, cache: Cache) -> tuple[dict[str, np.ndarray], np.ndarray]:
+        """The gradients, given the gradient of a call's ``last_hidden_state`` and the ``cache`` it recorded
+        (the functions' order: ``*_backward(d_out, params, cache)``).
 
         Returns ``(grads, inputs_grad)``: ``grads`` keyed exactly like :meth:`state_dict`, ``inputs_grad``
         of the inputs' shape (B, M, C). ``d_last_hidden_state`` must have shape (B, N, D).
@@ -205,7 +206,7 @@ class PerceiverModel:
         cache: Cache = {}
         self(inputs, attention_mask=attention_mask, head_mask=head_mask, latent_mask=latent_mask,
              dropout_rng=dropout_rng, cache=cache)
-        return self.backward(cache, cotangent)
+        return self.backward(cotangent, cache)
 
 
 def grads_state_dict(grads: dict, shapes: Mapping[str, tuple[int, ...]]) -> dict[str, np.ndarray]:

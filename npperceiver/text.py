@@ -392,9 +392,9 @@ class PerceiverForMaskedLM:
         return PerceiverMaskedLMOutput(loss, logits, encoded.hidden_states, encoded.attentions, cross_attentions)
 
     # ------------------------------------------------------------------ backward
-    def backward(self, cache: Cache, d_logits: Any) -> dict[str, np.ndarray]:
-        """The gradient of every parameter, given the ``cache`` a call recorded and the gradient of its logits
-        (B, P, V); keyed like :meth:`state_dict`. :meth:`loss_and_grads` calls it with the loss's gradient."""
+    def backward(self, d_logits: Any, cache: Cache) -> dict[str, np.ndarray]:
+        """The gradient of every parameter, given the gradient of a call's logits (B, P, V) and the ``cache`` it
+        recorded; keyed like :meth:`state_dict`. :meth:`loss_and_grads` calls it with the loss's gradient."""
         cfg, perceiver = self.config, self.params["perceiver"]
         B = cache["batch_size"]
         d_logits = _check_d_logits(d_logits, (B, cfg.max_position_embeddings, cfg.vocab_size), self.dtype)
@@ -445,7 +445,7 @@ class PerceiverForMaskedLM:
         out = self(input_ids, attention_mask=attention_mask, head_mask=head_mask, labels=labels,
                    dropout_rng=dropout_rng, cache=cache)
         labels = np.asarray(labels).astype(np.int64)  # checked by the call above: (B, P), in range
-        return out.loss, self.backward(cache, masked_lm_loss_backward(out.logits, labels))
+        return out.loss, self.backward(masked_lm_loss_backward(out.logits, labels), cache)
 
 
 # ---------------------------------------------------------------------- fill-mask

@@ -645,7 +645,7 @@ def test_loss_and_grads_rejects_bad_labels():
     cache = {}
     model(ids, cache=cache)
     with pytest.raises(ValueError, match=r"d_logits must have the shape of the logits \(B, P, V\) = \(1, 6, 20\)"):
-        model.backward(cache, np.zeros((1, 4, 20)))
+        model.backward(np.zeros((1, 4, 20)), cache)
 
 
 def test_all_labels_ignored_gives_nan_loss_and_zero_gradients():
