@@ -132,7 +132,7 @@ def scaled_dot_product_attention_backward(
         #                       are 0, so d_value is 0 for it too: its q/k/v weight slices get none here
     if noise is not None:
         d_probs = dropout_backward(d_probs, noise)  # a dropped probability passes no gradient
-    d_scores = softmax_backward(d_probs, probs)  # (B, H, Q, K). A key dropped by the additive bias has p = 0
+    d_scores = softmax_backward(d_probs, probs, out=d_probs)  # (B, H, Q, K). A key dropped by the bias has p = 0
     #   exactly, so its score gets exactly 0 gradient, and (w = 0) its value too: a masked input gets no
     #   gradient at all -- unless its whole row is masked (then p is uniform and every input gets some).
     d_scores /= np.float32(math.sqrt(query.shape[-1]))  # the forward's scaling

@@ -143,14 +143,17 @@ def softmax(x: np.ndarray, axis: int = -1, out: Optional[np.ndarray] = None) -> 
     return e
 
 
-def softmax_backward(d_probs: np.ndarray, probs: np.ndarray, axis: int = -1) -> np.ndarray:
+def softmax_backward(
+    d_probs: np.ndarray, probs: np.ndarray, axis: int = -1, out: Optional[np.ndarray] = None
+) -> np.ndarray:
     """Backward of :func:`softmax`, from its output p: ``dx = p * (dp - sum(dp * p))`` along ``axis``.
 
     An entry with p exactly 0 -- a key dropped by an additive mask -- gets exactly 0 gradient.
-    d_probs, probs: the same shape (..., K). Returns dx (..., K).
+    d_probs, probs: the same shape (..., K). Returns dx (..., K); ``out=d_probs`` overwrites the incoming
+    gradient (a caller's own array) instead of making a new one.
     """
-    dx = d_probs * probs  # (..., K)
-    dx -= probs * dx.sum(axis=axis, keepdims=True)  # (..., K) * (..., 1)
+    dx = np.multiply(d_probs, probs, out=out)  # (..., K): dp * p
+    dx -= probs * dx.sum(axis=axis, keepdims=True)  # (..., K) * (..., 1): - p * sum(dp * p)
     return dx
 
 
