@@ -12,11 +12,13 @@ Faithful to transformers 4.57.6 to float32 rounding -- masks, ``output_attention
 """
 
 from .attention import (
-    perceiver_attention, perceiver_self_attention, scaled_dot_product_attention, streaming_cross_attention,
+    perceiver_attention, perceiver_attention_backward, perceiver_self_attention, perceiver_self_attention_backward,
+    scaled_dot_product_attention, scaled_dot_product_attention_backward, streaming_cross_attention,
 )
 from .config import PerceiverConfig
-from .encoder import EncoderOutput, latent_array, perceiver_encoder
-from .layers import perceiver_layer, perceiver_mlp
+from .encoder import EncoderOutput, latent_array, latent_array_backward, perceiver_encoder, perceiver_encoder_backward
+from .functional import Dropout
+from .layers import perceiver_layer, perceiver_layer_backward, perceiver_mlp, perceiver_mlp_backward
 from .masks import MASK_MIN, get_head_mask, invert_attention_mask
 from .model import PerceiverModel, PerceiverModelOutput
 from .presets import available_presets, load_preset
@@ -24,6 +26,7 @@ from .dims import AttentionDims
 from .weights import load_weights, param_shapes, save_weights
 from .text import PerceiverForMaskedLM, PerceiverMaskedLMOutput, mlm_param_shapes
 from .tokenizer import PerceiverTokenizer
+from .optim import AdamW, clip_grad_norm, warmup_cosine_lr
 
 __version__ = "0.1.0"
 
@@ -35,4 +38,7 @@ __all__ = [
     "streaming_cross_attention",
     "__version__",
     "PerceiverForMaskedLM", "PerceiverMaskedLMOutput", "PerceiverTokenizer", "mlm_param_shapes",
+    "AdamW", "Dropout", "clip_grad_norm", "warmup_cosine_lr", "latent_array_backward", "perceiver_attention_backward",
+    "perceiver_encoder_backward", "perceiver_layer_backward", "perceiver_mlp_backward",
+    "perceiver_self_attention_backward", "scaled_dot_product_attention_backward",
 ]

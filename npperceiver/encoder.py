@@ -8,6 +8,10 @@ Architecture for Structured Inputs & Outputs" (2021). Mirrors HF ``PerceiverEmbe
 Masks here are *additive* and already inverted, exactly as HF's encoder receives them (see ``masks.py``):
 ``inputs_mask`` (B, 1, 1, M) for the cross-attention, ``attention_mask`` (B, 1, 1, N) for every
 self-attention layer, and ``head_mask`` (L, 1, Hs, 1, 1) or None.
+
+Backward: :func:`perceiver_encoder_backward` walks the layer applications in reverse; the shared block's
+gradients are *summed* over its ``num_blocks`` applications, and :func:`latent_array_backward` sums the
+latents' gradient over the batch it was broadcast to.
 """
 
 from __future__ import annotations
@@ -17,9 +21,10 @@ from typing import Optional
 
 import numpy as np
 
-from .attention import Params, perceiver_self_output, streaming_cross_attention
+from .attention import Cache, Params, child, perceiver_self_output, streaming_cross_attention
 from .config import PerceiverConfig
-from .layers import feed_forward, perceiver_layer
+from .functional import Dropout
+from .layers import feed_forward, perceiver_layer, perceiver_layer_backward
 
 
 @dataclass
@@ -40,6 +45,12 @@ def latent_array(latents: np.ndarray, batch_size: int) -> np.ndarray:
     return np.broadcast_to(latents, (batch_size, *latents.shape))  # (N, D) -> (B, N, D)
 
 
+def latent_array_backward(d_hidden_states: np.ndarray) -> np.ndarray:
+    """Backward of :func:`latent_array`: every batch row used the same latents, so ``d_latents = sum_b d[b]``,
+    (B, N, D) -> (N, D)."""
+    return d_hidden_states.sum(axis=0)
+
+
 def perceiver_encoder(
     params: Params,
     config: PerceiverConfig,
@@ -51,6 +62,8 @@ def perceiver_encoder(
     output_attentions: bool = False,
     output_hidden_states: bool = False,
     cross_attention_chunk_size: Optional[int] = None,
+    dropout: Optional[Dropout] = None,
+    cache: Optional[Cache] = None,
 ) -> EncoderOutput:
     """HF ``PerceiverEncoder.forward``, call by call.
 
@@ -68,7 +81,10 @@ def perceiver_encoder(
     cross_attention_chunk_size : stream the cross-attention over the inputs this many at a time (an
         online softmax, :func:`~npperceiver.attention.streaming_cross_attention`), so its memory stays flat
         as M grows; same result to float32 rounding. Not used with ``output_attentions`` (the
-        (B, Hc, N, M) probabilities are then whole anyway) or when the inputs fit in one chunk.
+        (B, Hc, N, M) probabilities are then whole anyway), with a ``cache`` (its backward needs them whole)
+        or when the inputs fit in one chunk.
+    dropout : training-mode dropout on every attention's probabilities; None (the default) is HF's ``eval()``.
+    cache : a dict to record what :func:`perceiver_encoder_backward` needs; None records nothing.
     """
     cross, self_attends = params["cross_attention"], params["self_attends"]
     all_hidden_states = () if output_hidden_states else None
@@ -76,7 +92,8 @@ def perceiver_encoder(
 
     # The cross-attention: latents attend to the inputs (the latent attention_mask is not used here).
     M = inputs.shape[1]
-    if cross_attention_chunk_size is not None and M > cross_attention_chunk_size and not output_attentions:
+    streamed = cross_attention_chunk_size is not None and M > cross_attention_chunk_size
+    if streamed and not output_attentions and cache is None and dropout is None:
         hidden_states, cross_probs = _streamed_cross_attention_layer(
             cross, config, hidden_states, inputs, inputs_mask, cross_attention_chunk_size), None
     else:
@@ -84,25 +101,68 @@ def perceiver_encoder(
             cross, hidden_states, config.num_cross_attention_heads,
             use_query_residual=config.use_query_residual, hidden_act=config.hidden_act,
             attention_mask=attention_mask, head_mask=None, inputs=inputs, inputs_mask=inputs_mask,
+            dropout=dropout, cache=child(cache, "cross_attention"),
         )  # (B, N, D), (B, Hc, N, M)
     all_cross_attentions = (cross_probs,) if output_attentions else None
 
     # The block of self-attention layers, applied num_blocks times with the same weights.
+    applications = None if cache is None else cache.setdefault("self_attends", [])  # one cache per application
     for _ in range(config.num_blocks):
         for i, layer in enumerate(self_attends):
             if output_hidden_states:
                 all_hidden_states += (hidden_states,)  # the input of every layer
+            layer_cache = None if applications is None else {"index": i}
             hidden_states, probs = perceiver_layer(
                 layer, hidden_states, config.num_self_attention_heads, use_query_residual=True,
                 hidden_act=config.hidden_act, attention_mask=attention_mask,
                 head_mask=None if head_mask is None else head_mask[i],  # row i, whatever the block
+                dropout=dropout, cache=layer_cache,
             )  # (B, N, D), (B, Hs, N, N)
+            if applications is not None:
+                applications.append(layer_cache)
             if output_attentions:
                 all_self_attentions += (probs,)
         if output_hidden_states:
             all_hidden_states += (hidden_states,)  # end of block (== the next block's first input)
 
     return EncoderOutput(hidden_states, all_hidden_states, all_self_attentions, all_cross_attentions)
+
+
+def perceiver_encoder_backward(
+    d_last_hidden_state: np.ndarray, params: Params, cache: Cache
+) -> tuple[np.ndarray, np.ndarray, Params]:
+    """Backward of :func:`perceiver_encoder`: the self-attention layers in reverse order of application, then
+    the cross-attention.
+
+    The block's S layers were applied ``num_blocks`` times with the same weights, so each weight's gradient
+    is the sum over its applications: ``dW_i = sum_b dW_i(application b*S + i)``. A ``head_mask`` row i that
+    zeroes head h silences h in layer i of *every* block, so that head's slice of layer i's (shared) q/k/v
+    weights gets no gradient from any application.
+
+    d_last_hidden_state: (B, N, D). Returns d_hidden_states (B, N, D) -- the gradient of the latent array
+    as broadcast, see :func:`latent_array_backward` -- d_inputs (B, M, C), and the gradients of ``params``
+    (``{"cross_attention": ..., "self_attends": [S layers]}``).
+    """
+    self_attends = params["self_attends"]
+    self_grads: list[Optional[Params]] = [None] * len(self_attends)
+    d_hidden_states = d_last_hidden_state
+    for layer_cache in reversed(cache["self_attends"]):
+        i = layer_cache["index"]
+        d_hidden_states, _, grads = perceiver_layer_backward(d_hidden_states, self_attends[i], layer_cache)
+        self_grads[i] = grads if self_grads[i] is None else _accumulate(self_grads[i], grads)  # shared: sum
+    d_hidden_states, d_inputs, cross_grads = perceiver_layer_backward(
+        d_hidden_states, params["cross_attention"], cache["cross_attention"])  # (B, N, D), (B, M, C)
+    return d_hidden_states, d_inputs, {"cross_attention": cross_grads, "self_attends": self_grads}
+
+
+def _accumulate(total: Params, grads: Params) -> Params:
+    """``total += grads``, leaf by leaf, over two nested dicts laid out alike; returns ``total``."""
+    for name, value in grads.items():
+        if isinstance(value, dict):
+            _accumulate(total[name], value)
+        else:
+            total[name] += value
+    return total
 
 
 def _streamed_cross_attention_layer(

@@ -9,8 +9,13 @@ Each mirrors the torch function HF calls, to float32 rounding:
   ``hidden_act="gelu"`` selects. NumPy has no ``erf``, so :func:`erf` evaluates a float32 rational
   approximation (the one Eigen and XLA use), accurate to a few float32 ulps.
 
+Every forward has its backward right after it (``linear`` / ``linear_backward``, ...), in the style of
+llm.c's forward/backward pairs: the backward takes the gradient of the output and what the forward saw,
+and returns the gradients of the forward's inputs and parameters, with the math in its docstring. Each
+matches torch autograd's formula for the same operation (``docs/training.md``).
+
 Every function keeps the dtype of its input: constants are Python scalars or float32, so nothing is
-silently promoted to float64.
+silently promoted to float64 (and float64 in gives float64 out, which the gradient checks use).
 
 Speed: the heavy lifting is matrix multiplication, done by BLAS. The elementwise work around it runs on
 one core in NumPy, one pass over memory per operation, so the functions here make as few passes and as
@@ -21,6 +26,7 @@ and :func:`softmax` take an ``out=`` argument so a caller can hand over an array
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 from typing import Callable, Optional
 
 import numpy as np
@@ -38,6 +44,22 @@ def linear(x: np.ndarray, weight: np.ndarray, bias: np.ndarray) -> np.ndarray:
     #                     (ndarray.dot: the same BLAS call as @, with less dispatch work on small arrays)
     out += bias  # (rows, out) + (out,)
     return out.reshape(*x.shape[:-1], weight.shape[0])  # (rows, out) -> (..., out)
+
+
+def linear_backward(
+    d_out: np.ndarray, x: np.ndarray, weight: np.ndarray, bias: Optional[np.ndarray] = None
+) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+    """Backward of :func:`linear`: ``dx = d_out @ W;  dW = d_out^T x,  db = d_out``, both summed over every row.
+
+    d_out: shape (..., out); x: the forward's input (..., in); weight (out, in). ``bias`` is accepted and
+    unused (the gradient does not depend on it), so the call mirrors the forward's ``**params``.
+    Returns dx (..., in) and the parameters' gradients keyed like them: ``{"weight": (out, in), "bias": (out,)}``.
+    """
+    d_rows = d_out.reshape(-1, d_out.shape[-1])  # (..., out) -> (rows, out)
+    dx = d_rows.dot(weight)  # (rows, out) @ (out, in) -> (rows, in)
+    dweight = d_rows.T.dot(x.reshape(-1, x.shape[-1]))  # (out, rows) @ (rows, in) -> (out, in): summed over rows
+    dbias = d_rows.sum(axis=0)  # (rows, out) -> (out,)
+    return dx.reshape(x.shape), {"weight": dweight, "bias": dbias}
 
 
 def row_sum(x: np.ndarray) -> np.ndarray:
@@ -66,6 +88,37 @@ def layer_norm(x: np.ndarray, weight: np.ndarray, bias: np.ndarray, eps: float =
     return centered
 
 
+def layer_norm_backward(
+    d_out: np.ndarray, x: np.ndarray, weight: np.ndarray, bias: Optional[np.ndarray] = None,
+    eps: float = LAYER_NORM_EPS,
+) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+    """Backward of :func:`layer_norm`, with ``xhat = (x - mean) * rstd`` and ``rstd = 1 / sqrt(var + eps)``:
+
+    ``dxhat = d_out * weight;  dx = rstd * (dxhat - mean(dxhat) - xhat * mean(dxhat * xhat))``;
+    ``dweight = sum(d_out * xhat),  dbias = sum(d_out)`` over every row (torch's formula).
+
+    d_out, x: shape (..., dim); x is the forward's input -- ``xhat`` and ``rstd`` are recomputed from it as
+    the forward computes them (a few elementwise passes, cheaper than keeping them). weight: (dim,);
+    ``bias`` is accepted and unused, so the call mirrors the forward's ``**params``.
+    Returns dx (..., dim) and ``{"weight": (dim,), "bias": (dim,)}``.
+    """
+    dim = x.shape[-1]
+    centered = x - row_sum(x) / dim  # (..., dim): as in the forward, with the same refinement of the mean
+    centered -= row_sum(centered) / dim
+    rstd = 1 / np.sqrt(np.einsum("...i,...i->...", centered, centered)[..., None] / dim + eps)  # (..., 1)
+    x_hat = np.multiply(centered, rstd, out=centered)  # (..., dim), normalised
+    d_rows = d_out.reshape(-1, dim)  # (rows, dim)
+    dweight = np.einsum("ri,ri->i", d_rows, x_hat.reshape(-1, dim))  # (dim,): sum over rows of d_out * xhat
+    dbias = d_rows.sum(axis=0)  # (dim,)
+    d_x_hat = d_out * weight  # (..., dim) * (dim,)
+    mean_d = row_sum(d_x_hat) / dim  # (..., 1)
+    mean_d_x_hat = np.einsum("...i,...i->...", d_x_hat, x_hat)[..., None] / dim  # (..., 1)
+    dx = np.subtract(d_x_hat, mean_d, out=d_x_hat)  # (..., dim)
+    dx -= x_hat * mean_d_x_hat
+    dx *= rstd
+    return dx, {"weight": dweight, "bias": dbias}
+
+
 def exp_shifted(x: np.ndarray, axis: int = -1, out: Optional[np.ndarray] = None) -> tuple[np.ndarray, np.ndarray]:
     """The numerator of a softmax: ``exp(x - max(x))`` along ``axis``, and that maximum.
 
@@ -88,6 +141,50 @@ def softmax(x: np.ndarray, axis: int = -1, out: Optional[np.ndarray] = None) -> 
     e, _ = exp_shifted(x, axis=axis, out=out)  # same shape as x
     e /= e.sum(axis=axis, keepdims=True)  # (..., K) / (..., 1): rows sum to 1
     return e
+
+
+def softmax_backward(
+    d_probs: np.ndarray, probs: np.ndarray, axis: int = -1, out: Optional[np.ndarray] = None
+) -> np.ndarray:
+    """Backward of :func:`softmax`, from its output p: ``dx = p * (dp - sum(dp * p))`` along ``axis``.
+
+    An entry with p exactly 0 -- a key dropped by an additive mask -- gets exactly 0 gradient.
+    d_probs, probs: the same shape (..., K). Returns dx (..., K); ``out=d_probs`` overwrites the incoming
+    gradient (a caller's own array) instead of making a new one.
+    """
+    dx = np.multiply(d_probs, probs, out=out)  # (..., K): dp * p
+    dx -= probs * dx.sum(axis=axis, keepdims=True)  # (..., K) * (..., 1): - p * sum(dp * p)
+    return dx
+
+
+@dataclass(frozen=True)
+class Dropout:
+    """``torch.nn.Dropout(p)`` in training mode: each entry is zeroed with probability ``p`` and the survivors
+    are scaled by ``1 / (1 - p)``, the random draws coming from ``rng``. HF applies it to the attention
+    probabilities only (``attention_probs_dropout_prob``). ``None`` in its place means evaluation mode
+    (HF's ``model.eval()``): no dropout.
+    """
+
+    p: float
+    rng: np.random.Generator
+
+    def noise(self, shape: tuple[int, ...], dtype: np.dtype) -> np.ndarray:
+        """The multiplier ``keep / (1 - p)``: 0 or ``1 / (1 - p)`` per entry, as torch builds it
+        (``bernoulli(1 - p)``, then divided by ``1 - p``)."""
+        keep = self.rng.random(shape, dtype=np.float32) >= self.p  # True with probability 1 - p
+        noise = keep.astype(dtype)
+        noise /= np.asarray(1 - self.p, dtype=dtype)  # 0 or 1 / (1 - p), in the array's dtype
+        return noise
+
+
+def dropout(x: np.ndarray, noise: np.ndarray) -> np.ndarray:
+    """Apply a :meth:`Dropout.noise` multiplier: ``x * noise`` (a new array)."""
+    return x * noise
+
+
+def dropout_backward(d_out: np.ndarray, noise: np.ndarray) -> np.ndarray:
+    """Backward of :func:`dropout`: ``dx = d_out * noise`` -- a dropped entry passes no gradient."""
+    return d_out * noise
 
 
 def _f32(value: float) -> np.ndarray:
@@ -156,6 +253,28 @@ def gelu(x: np.ndarray, out: Optional[np.ndarray] = None) -> np.ndarray:
     return np.multiply(x, cdf, out=cdf if out is None else out)
 
 
+_INV_SQRT_2PI = _f32(1.0 / math.sqrt(2.0 * math.pi))
+
+
+def gelu_backward(d_out: np.ndarray, x: np.ndarray) -> np.ndarray:
+    """Backward of :func:`gelu`: ``dx = d_out * (Phi(x) + x phi(x))`` with ``Phi(x) = (1 + erf(x/sqrt 2)) / 2``
+    (the same erf as the forward) and ``phi(x) = exp(-x^2/2) / sqrt(2 pi)`` (torch's ``GeluBackward``).
+
+    x: the forward's input (the MLP's pre-activation), same shape as d_out.
+    """
+    cdf = x * _SQRT_HALF  # the one new array, as in gelu
+    _clamped_rational(cdf, _HALF_ERF_ALPHA, out=cdf)  # erf(x / sqrt 2) / 2
+    cdf += _HALF  # Phi(x)
+    pdf = x * x
+    pdf *= -_HALF
+    np.exp(pdf, out=pdf)
+    pdf *= _INV_SQRT_2PI  # phi(x)
+    pdf *= x
+    cdf += pdf  # Phi(x) + x phi(x): GELU's derivative
+    cdf *= d_out
+    return cdf
+
+
 _SQRT_2_OVER_PI, _GELU_TANH_CUBIC = _f32(math.sqrt(2.0 / math.pi)), _f32(0.044715)
 
 
@@ -174,9 +293,37 @@ def gelu_tanh(x: np.ndarray, out: Optional[np.ndarray] = None) -> np.ndarray:
     return result
 
 
+_THREE_CUBIC = _f32(3 * 0.044715)
+
+
+def gelu_tanh_backward(d_out: np.ndarray, x: np.ndarray) -> np.ndarray:
+    """Backward of :func:`gelu_tanh`, with ``u = sqrt(2/pi) (x + 0.044715 x^3)`` and ``t = tanh(u)``:
+    ``dx = d_out * ((1 + t) / 2 + x/2 (1 - t^2) sqrt(2/pi) (1 + 3 * 0.044715 x^2))``."""
+    x_sq = x * x
+    u = x_sq * _GELU_TANH_CUBIC
+    u += _ONE
+    u *= x
+    u *= _SQRT_2_OVER_PI
+    t = np.tanh(u, out=u)  # (..., ) tanh(u), in place
+    slope = x_sq * _THREE_CUBIC
+    slope += _ONE
+    slope *= _SQRT_2_OVER_PI  # du/dx
+    slope *= _ONE - t * t  # (1 - t^2) du/dx
+    slope *= x
+    slope += _ONE + t  # x (1 - t^2) du/dx + (1 + t)
+    slope *= _HALF
+    slope *= d_out
+    return slope
+
+
 def relu(x: np.ndarray, out: Optional[np.ndarray] = None) -> np.ndarray:
     """``max(x, 0)`` (HF ``"relu"``)."""
     return np.maximum(x, 0, out=out)
+
+
+def relu_backward(d_out: np.ndarray, x: np.ndarray) -> np.ndarray:
+    """Backward of :func:`relu`: ``dx = d_out * (x > 0)`` (0 at x = 0, as torch)."""
+    return np.where(x > 0, d_out, np.zeros((), d_out.dtype))
 
 
 def silu(x: np.ndarray, out: Optional[np.ndarray] = None) -> np.ndarray:
@@ -187,6 +334,20 @@ def silu(x: np.ndarray, out: Optional[np.ndarray] = None) -> np.ndarray:
     return np.divide(x, e, out=e if out is None else out)
 
 
+def silu_backward(d_out: np.ndarray, x: np.ndarray) -> np.ndarray:
+    """Backward of :func:`silu`, with ``s = sigmoid(x)``: ``dx = d_out * s (1 + x (1 - s))`` (torch's formula)."""
+    s = np.negative(x)
+    np.exp(s, out=s)
+    s += _ONE
+    np.reciprocal(s, out=s)  # sigmoid(x)
+    slope = _ONE - s
+    slope *= x
+    slope += _ONE
+    slope *= s
+    slope *= d_out
+    return slope
+
+
 #: HF ``hidden_act`` name -> function (a subset of ``transformers.activations.ACT2FN``).
 ACT2FN: dict[str, Callable[..., np.ndarray]] = {  # each takes (x, out=None)
     "gelu": gelu,
@@ -195,4 +356,14 @@ ACT2FN: dict[str, Callable[..., np.ndarray]] = {  # each takes (x, out=None)
     "relu": relu,
     "silu": silu,
     "swish": silu,
+}
+
+#: HF ``hidden_act`` name -> the backward of its function: ``(d_out, x) -> dx``, x the forward's input.
+ACT2GRAD: dict[str, Callable[[np.ndarray, np.ndarray], np.ndarray]] = {
+    "gelu": gelu_backward,
+    "gelu_new": gelu_tanh_backward,
+    "gelu_pytorch_tanh": gelu_tanh_backward,
+    "relu": relu_backward,
+    "silu": silu_backward,
+    "swish": silu_backward,
 }

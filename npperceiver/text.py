@@ -28,6 +28,10 @@ HF QUIRKS reproduced here (each one is tested against HF):
 * The decoding cross-attention has 8 heads and query/key width 256 (``8 * 32``) whatever the config says,
   value width ``d_model`` and no query residual; so ``d_model`` must be divisible by 8.
 * There is no output embedding matrix: logits are made with the *input* token embedding (tied by use).
+
+Training: every piece has its backward right after it, and :meth:`PerceiverForMaskedLM.loss_and_grads`
+gives the loss and the gradient of every parameter (``docs/training.md``). The tied token embedding gets
+one gradient, the sum of its two uses (looking up the inputs, making the logits).
 """
 
 from __future__ import annotations
@@ -37,12 +41,13 @@ from typing import Any, Mapping, Optional
 
 import numpy as np
 
-from .attention import Params
+from .attention import Cache, Params, child
 from .config import PerceiverConfig
-from .functional import linear, softmax
-from .layers import perceiver_layer
+from .encoder import latent_array_backward, perceiver_encoder_backward
+from .functional import Dropout, linear, linear_backward, softmax
+from .layers import perceiver_layer, perceiver_layer_backward
 from .masks import check_keep_mask, invert_attention_mask
-from .model import PerceiverModel
+from .model import PerceiverModel, attention_dropout, cast_params, grads_state_dict
 from .dims import AttentionDims
 from .tokenizer import MASK_ID
 from .weights import PREFIX, layer_param_shapes, flatten, init_params, param_shapes, params_from_shapes
@@ -92,7 +97,9 @@ def mlm_param_shapes(config: PerceiverConfig) -> dict[str, tuple[int, ...]]:
 
 
 # ---------------------------------------------------------------------- the pieces, bottom up
-def text_preprocessor(params: Params, input_ids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+def text_preprocessor(
+    params: Params, input_ids: np.ndarray, cache: Optional[Cache] = None
+) -> tuple[np.ndarray, np.ndarray]:
     """HF ``PerceiverTextPreprocessor.forward``: token embedding plus learned position embedding.
 
     params: ``{"embeddings": {"weight": (V, C)}, "position_embeddings": {"weight": (P, C)}}``.
@@ -107,7 +114,24 @@ def text_preprocessor(params: Params, input_ids: np.ndarray) -> tuple[np.ndarray
             f"positions; truncate the text (tokenizer(..., truncation=True, max_length={positions.shape[0]}))"
         )
     tokens = params["embeddings"]["weight"][input_ids]  # (V, C)[(B, M)] -> (B, M, C)
+    if cache is not None:
+        cache["input_ids"] = input_ids
     return tokens + positions[:M], tokens  # (B, M, C) + (M, C): position m for token m
+
+
+def text_preprocessor_backward(d_inputs: np.ndarray, params: Params, cache: Cache) -> Params:
+    """Backward of :func:`text_preprocessor` (of its first output, the encoder inputs):
+    ``dE[v] = sum of d_inputs[b, m] over every (b, m) with input_ids[b, m] == v`` (a scatter-add: a token
+    seen twice gets both gradients, an unseen one gets 0); ``dP[m] = sum_b d_inputs[b, m]`` for m < M, 0 beyond.
+
+    d_inputs: (B, M, C). Returns ``{"embeddings": {"weight": (V, C)}, "position_embeddings": {"weight": (P, C)}}``.
+    """
+    input_ids = cache["input_ids"]  # (B, M)
+    d_tokens = np.zeros_like(params["embeddings"]["weight"])  # (V, C)
+    np.add.at(d_tokens, input_ids, d_inputs)  # (V, C)[(B, M)] += (B, M, C), repeated ids accumulate
+    d_positions = np.zeros_like(params["position_embeddings"]["weight"])  # (P, C)
+    d_positions[:input_ids.shape[1]] = d_inputs.sum(axis=0)  # (B, M, C) -> (M, C)
+    return {"embeddings": {"weight": d_tokens}, "position_embeddings": {"weight": d_positions}}
 
 
 def trainable_position_encoding(position_embeddings: np.ndarray, batch_size: int) -> np.ndarray:
@@ -116,6 +140,12 @@ def trainable_position_encoding(position_embeddings: np.ndarray, batch_size: int
     Returns a read-only broadcast view (B, P, C).
     """
     return np.broadcast_to(position_embeddings, (batch_size, *position_embeddings.shape))  # (P, C) -> (B, P, C)
+
+
+def trainable_position_encoding_backward(d_out: np.ndarray) -> np.ndarray:
+    """Backward of :func:`trainable_position_encoding`: the same table in every row, so
+    ``d_table = sum_b d_out[b]``, (B, P, C) -> (P, C)."""
+    return d_out.sum(axis=0)
 
 
 def decoder_query(params: Params, batch_size: int) -> np.ndarray:
@@ -127,6 +157,12 @@ def decoder_query(params: Params, batch_size: int) -> np.ndarray:
     return trainable_position_encoding(params["output_position_encodings"]["position_embeddings"], batch_size)
 
 
+def decoder_query_backward(d_query: np.ndarray) -> Params:
+    """Backward of :func:`decoder_query`: the queries' gradient (B, P, C), summed over the batch, is the
+    gradient of the position encodings: ``{"output_position_encodings": {"position_embeddings": (P, C)}}``."""
+    return {"output_position_encodings": {"position_embeddings": trainable_position_encoding_backward(d_query)}}
+
+
 def perceiver_basic_decoder(
     params: Params,
     query: np.ndarray,
@@ -135,6 +171,8 @@ def perceiver_basic_decoder(
     num_heads: int = MLM_DECODER_HEADS,
     use_query_residual: bool = False,
     hidden_act: str = "gelu",
+    dropout: Optional[Dropout] = None,
+    cache: Optional[Cache] = None,
 ) -> tuple[np.ndarray, np.ndarray]:
     """HF ``PerceiverBasicDecoder.forward`` as the MLM builds it (``final_project=False``).
 
@@ -148,7 +186,22 @@ def perceiver_basic_decoder(
     return perceiver_layer(
         params["decoding_cross_attention"], query, num_heads, use_query_residual=use_query_residual,
         hidden_act=hidden_act, attention_mask=query_mask, head_mask=None, inputs=z, inputs_mask=None,
+        dropout=dropout, cache=child(cache, "decoding_cross_attention"),
     )  # (B, P, C), (B, H, P, N)
+
+
+def perceiver_basic_decoder_backward(
+    d_out: np.ndarray, params: Params, cache: Cache
+) -> tuple[np.ndarray, np.ndarray, Params]:
+    """Backward of :func:`perceiver_basic_decoder`: its one cross-attention layer's
+    (:func:`~npperceiver.layers.perceiver_layer_backward`; no query residual, so the queries get gradient only
+    through ``layernorm1`` and the query projection).
+
+    d_out: (B, P, C). Returns d_query (B, P, C), d_z (B, N, D) and ``{"decoding_cross_attention": ...}``.
+    """
+    d_query, d_z, grads = perceiver_layer_backward(
+        d_out, params["decoding_cross_attention"], cache["decoding_cross_attention"])
+    return d_query, d_z, {"decoding_cross_attention": grads}
 
 
 def embedding_decoder(hidden_states: np.ndarray, embedding_weight: np.ndarray, bias: np.ndarray) -> np.ndarray:
@@ -158,6 +211,19 @@ def embedding_decoder(hidden_states: np.ndarray, embedding_weight: np.ndarray, b
     logits (B, P, V). ``bias`` (V,) is the decoder's only parameter.
     """
     return linear(hidden_states, embedding_weight, bias)  # (B, P, C) @ (C, V) + (V,) -> (B, P, V)
+
+
+def embedding_decoder_backward(
+    d_logits: np.ndarray, hidden_states: np.ndarray, embedding_weight: np.ndarray
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Backward of :func:`embedding_decoder`: ``d_hidden = d_logits @ E;  dE = d_logits^T hidden,
+    d_bias = d_logits`` summed over B, P. ``dE`` is only this use's share of the token embedding's gradient:
+    the caller adds the input lookup's (:func:`text_preprocessor_backward`).
+
+    d_logits (B, P, V), hidden_states (B, P, C) -> d_hidden_states (B, P, C), dE (V, C), d_bias (V,).
+    """
+    d_hidden_states, grads = linear_backward(d_logits, hidden_states, embedding_weight)
+    return d_hidden_states, grads["weight"], grads["bias"]
 
 
 def masked_lm_loss(logits: np.ndarray, labels: np.ndarray) -> np.float32:
@@ -176,7 +242,26 @@ def masked_lm_loss(logits: np.ndarray, labels: np.ndarray) -> np.float32:
     shifted = logits - logits.max(axis=-1, keepdims=True)  # (K, V), max-shifted: exp cannot overflow
     log_z = np.log(np.exp(shifted).sum(axis=-1))  # (K,) log of the softmax denominator
     picked = np.take_along_axis(shifted, labels[:, None], axis=-1)[:, 0]  # (K, V) -> (K,) the label's score
-    return np.float32((log_z - picked).mean())
+    return logits.dtype.type((log_z - picked).mean())  # float32 (float64 in the float64 mode)
+
+
+def masked_lm_loss_backward(logits: np.ndarray, labels: np.ndarray) -> np.ndarray:
+    """Backward of :func:`masked_lm_loss`: ``d_logits = (softmax(logits) - onehot(label)) / K`` at each of the K
+    positions whose label is not -100, and exactly 0 at the others (they are not in the loss).
+
+    logits (B, P, V), labels (B, P) -> d_logits (B, P, V). With no label kept, every gradient is 0 (as torch
+    gives, although the loss itself is NaN).
+    """
+    keep = labels != IGNORE_INDEX  # (B, P)
+    d_logits = np.zeros_like(logits)  # (B, P, V)
+    K = int(keep.sum())
+    if K == 0:
+        return d_logits
+    kept = softmax(logits[keep])  # (K, V): the predicted distribution at each kept position
+    kept[np.arange(K), labels[keep]] -= 1  # minus the one-hot label
+    kept /= np.asarray(K, dtype=logits.dtype)  # the mean over K positions
+    d_logits[keep] = kept
+    return d_logits
 
 
 # ---------------------------------------------------------------------- the model
@@ -234,6 +319,15 @@ class PerceiverForMaskedLM:
         flat = dict(flatten(self.params))
         return {k: flat[k] for k in mlm_param_shapes(self.config)}
 
+    @property
+    def dtype(self) -> np.dtype:
+        """The dtype the model computes in: float32, or float64 after ``astype(np.float64)``."""
+        return self.perceiver.dtype
+
+    def astype(self, dtype: Any) -> "PerceiverForMaskedLM":
+        """A copy of the model with every parameter in ``dtype`` (``np.float64``: the gradient checks' mode)."""
+        return type(self)(self.config, cast_params(self.params, dtype))
+
     # ------------------------------------------------------------------ forward
     def __call__(
         self,
@@ -243,6 +337,9 @@ class PerceiverForMaskedLM:
         labels: Optional[Any] = None,
         output_attentions: bool = False,
         output_hidden_states: bool = False,
+        *,
+        dropout_rng: Optional[np.random.Generator] = None,
+        cache: Optional[Cache] = None,
     ) -> PerceiverMaskedLMOutput:
         """Predict a byte for each of the P output positions -- HF ``PerceiverForMaskedLM.forward``.
 
@@ -256,6 +353,9 @@ class PerceiverForMaskedLM:
         labels : integers, shape (B, P) with P = max_position_embeddings; -100 leaves a position out of the
             loss. The loss is the mean cross-entropy over the other positions.
         output_attentions, output_hidden_states : also return the probabilities / the encoder's latents.
+        dropout_rng : None (the default): no dropout, as HF's ``eval()``. A ``np.random.Generator``: training-mode
+            dropout of every attention's probabilities (encoder and decoder), p = ``attention_probs_dropout_prob``.
+        cache : a dict to record what :meth:`backward` needs; None records nothing.
         """
         cfg = self.config
         input_ids = _check_input_ids(input_ids, cfg.vocab_size, cfg.max_position_embeddings)  # (B, M) int64
@@ -264,10 +364,12 @@ class PerceiverForMaskedLM:
             labels = _check_labels(labels, (B, cfg.max_position_embeddings), cfg.vocab_size)  # (B, P) int64
         perceiver = self.params["perceiver"]
 
-        inputs, _ = text_preprocessor(perceiver["input_preprocessor"], input_ids)  # (B, M) -> (B, M, C)
+        inputs, _ = text_preprocessor(
+            perceiver["input_preprocessor"], input_ids, cache=child(cache, "input_preprocessor"))  # (B, M, C)
         encoded = self.perceiver(
             inputs, attention_mask=attention_mask, head_mask=head_mask,
             output_attentions=output_attentions, output_hidden_states=output_hidden_states,
+            dropout_rng=dropout_rng, cache=child(cache, "perceiver"),
         )  # latents (B, N, D)
 
         # HF hands the inverted input mask to the decoder as query_mask, which drops it (see docstrings).
@@ -277,15 +379,73 @@ class PerceiverForMaskedLM:
         query = decoder_query(perceiver["decoder"], B)  # (P, C) -> (B, P, C)
         decoded, decoder_probs = perceiver_basic_decoder(
             perceiver["decoder"], query, encoded.last_hidden_state, query_mask=query_mask,
-            hidden_act=cfg.hidden_act,
+            hidden_act=cfg.hidden_act, dropout=attention_dropout(cfg, dropout_rng), cache=child(cache, "decoder"),
         )  # (B, P, C), (B, 8, P, N)
         logits = embedding_decoder(
             decoded, perceiver["input_preprocessor"]["embeddings"]["weight"], self.params["embedding_decoder"]["bias"]
         )  # (B, P, C) -> (B, P, V)
+        if cache is not None:
+            cache.update(decoded=decoded, batch_size=B)
 
         loss = masked_lm_loss(logits, labels) if labels is not None else None
         cross_attentions = encoded.cross_attentions + (decoder_probs,) if output_attentions else None
         return PerceiverMaskedLMOutput(loss, logits, encoded.hidden_states, encoded.attentions, cross_attentions)
+
+    # ------------------------------------------------------------------ backward
+    def backward(self, d_logits: Any, cache: Cache) -> dict[str, np.ndarray]:
+        """The gradient of every parameter, given the gradient of a call's logits (B, P, V) and the ``cache`` it
+        recorded; keyed like :meth:`state_dict`. :meth:`loss_and_grads` calls it with the loss's gradient."""
+        cfg, perceiver = self.config, self.params["perceiver"]
+        B = cache["batch_size"]
+        d_logits = _check_d_logits(d_logits, (B, cfg.max_position_embeddings, cfg.vocab_size), self.dtype)
+        token_embedding = perceiver["input_preprocessor"]["embeddings"]["weight"]  # (V, C)
+
+        d_decoded, d_token_embedding, d_bias = embedding_decoder_backward(
+            d_logits, cache["decoded"], token_embedding)  # (B, P, C), (V, C), (V,)
+        d_query, d_latents, decoder_grads = perceiver_basic_decoder_backward(
+            d_decoded, perceiver["decoder"], cache["decoder"])  # (B, P, C), (B, N, D)
+        decoder_grads.update(decoder_query_backward(d_query))  # the output queries' position encodings
+        encoder_cache = cache["perceiver"]["encoder"]
+        d_latent_array, d_inputs, encoder_grads = perceiver_encoder_backward(
+            d_latents, perceiver["encoder"], encoder_cache)  # (B, N, D), (B, M, C)
+        preprocessor_grads = text_preprocessor_backward(
+            d_inputs, perceiver["input_preprocessor"], cache["input_preprocessor"])
+        preprocessor_grads["embeddings"]["weight"] += d_token_embedding  # the tied weight: one gradient, both uses
+
+        grads = {
+            "perceiver": {
+                "input_preprocessor": preprocessor_grads,
+                "embeddings": {"latents": latent_array_backward(d_latent_array)},
+                "encoder": encoder_grads,
+                "decoder": decoder_grads,
+            },
+            "embedding_decoder": {"bias": d_bias},
+        }
+        return grads_state_dict(grads, mlm_param_shapes(cfg))
+
+    def loss_and_grads(
+        self,
+        input_ids: Any,
+        labels: Any,
+        attention_mask: Optional[Any] = None,
+        head_mask: Optional[Any] = None,
+        *,
+        dropout_rng: Optional[np.random.Generator] = None,
+    ) -> tuple[np.float32, dict[str, np.ndarray]]:
+        """HF's masked-LM loss and its gradient for every parameter: what ``loss.backward()`` leaves in each
+        parameter's ``.grad`` for HF's model in ``eval()`` mode.
+
+        Arguments as in :meth:`__call__`; ``labels`` (B, P) is required (-100 leaves a position out).
+        Returns ``(loss, grads)``, ``grads`` keyed exactly like :meth:`state_dict`. With every label -100 the
+        loss is NaN and every gradient 0, as in torch. ``dropout_rng``: see :meth:`__call__`.
+        """
+        if labels is None:
+            raise ValueError("labels are required: (B, P) integers, -100 where a position is not in the loss")
+        cache: Cache = {}
+        out = self(input_ids, attention_mask=attention_mask, head_mask=head_mask, labels=labels,
+                   dropout_rng=dropout_rng, cache=cache)
+        labels = np.asarray(labels).astype(np.int64)  # checked by the call above: (B, P), in range
+        return out.loss, self.backward(masked_lm_loss_backward(out.logits, labels), cache)
 
 
 # ---------------------------------------------------------------------- fill-mask
@@ -360,6 +520,18 @@ def _check_input_ids(input_ids: Any, vocab_size: int, max_positions: int) -> np.
     if bad.any():
         raise ValueError(f"input_ids must lie in [0, vocab_size={vocab_size}), found {int(arr[bad][0])}")
     return arr
+
+
+def _check_d_logits(value: Any, shape: tuple[int, int, int], dtype: np.dtype) -> np.ndarray:
+    """The gradient of the logits handed to a backward: real, finite, shape (B, P, V)."""
+    arr = np.asarray(value)
+    if not (np.issubdtype(arr.dtype, np.floating) or np.issubdtype(arr.dtype, np.integer)):
+        raise ValueError(f"d_logits must be a real-valued array, got dtype {arr.dtype}")
+    if arr.shape != tuple(shape):
+        raise ValueError(f"d_logits must have the shape of the logits (B, P, V) = {tuple(shape)}, got {arr.shape}")
+    if not np.all(np.isfinite(arr)):
+        raise ValueError(f"d_logits must be finite, found {int(np.sum(~np.isfinite(arr)))} NaN/inf value(s)")
+    return arr.astype(dtype, copy=False)
 
 
 def _check_labels(labels: Any, shape: tuple[int, int], vocab_size: int) -> np.ndarray:
