@@ -300,8 +300,8 @@ def _table_label(graph: Graph, t: Node) -> str:
         return f'<TABLE BORDER="0" CELLSPACING="3" CELLPADDING="0">{body}</TABLE>'
 
     style = STYLE["node"]["table"]
-    heading = '<BR ALIGN="LEFT"/>'.join(_esc(line) for line in textwrap.wrap(t.label, 60))
-    title = f'<B>{heading}</B><BR ALIGN="LEFT"/>{_small(_pack(t.lines, 90 if graph.detail == "op" else 52))}'
+    heading = '<BR ALIGN="LEFT"/>'.join(_esc(line) for line in textwrap.wrap(t.label, 48))
+    title = f'<B>{heading}</B><BR ALIGN="LEFT"/>{_small(_pack(t.lines, 160 if graph.detail == "op" else 52))}'
     if first_fed:  # the title beside the first row
         rest = t.parts[1:]
         half = (len(rest) + 1) // 2 if len(rest) > 6 else len(rest)
