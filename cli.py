@@ -25,7 +25,7 @@ from npperceiver.trace import (
 )
 from npperceiver.viz import attention as attention_viz
 from npperceiver.viz.encoder_graph import build_encoder_graph, build_mlm_graph
-from npperceiver.viz.render import dot_available, layout_dot, render, to_dot
+from npperceiver.viz.render import RenderError, dot_available, render, to_dot
 
 
 class CliError(click.ClickException):
@@ -106,11 +106,13 @@ def draw_encoder(config_name: str, model: str, output: Optional[str], fmt: Optio
             graph = build_encoder_graph(config, detail=detail, **options)
     except ValueError as e:
         raise CliError(str(e)) from None
-    source = to_dot(graph) if fmt == "dot" else layout_dot(graph)
     try:
-        data = render(source, fmt)
-    except Exception as e:  # noqa: BLE001 - Graphviz failing is reported in one line, like any error
-        raise CliError(f"Graphviz could not render {fmt}: {str(e).strip().splitlines()[0] if str(e) else e!r}")
+        data = render(to_dot(graph), fmt)  # the DOT text that --format dot writes is the one drawn
+    except ImportError as e:
+        raise CliError(f"the graphviz Python package is needed to write DOT ({_one_line(e)}): "
+                       "pip install graphviz") from None
+    except RenderError as e:  # dot missing, failing, killed, or writing no picture
+        raise CliError(f"Graphviz could not draw the {fmt}: {e}") from None
     _write(output, data)
     if output != "-":
         click.echo(f"wrote {output}", err=True)

@@ -60,9 +60,15 @@ class Step:
         return self.id.rsplit("/", 1)[0]
 
 
-def scope_title(step: Step, config: PerceiverConfig, model: str = "encoder") -> str:
+def scope_title(step: Step, config: PerceiverConfig, model: str = "encoder", *, rolled: bool = False,
+                masks: bool = True) -> str:
     """A one-line title for the group of steps ``step`` belongs to (:attr:`Step.scope`), as the ``explain``
-    table heads each group and the diagram labels each cluster. ``model`` is "encoder" or "mlm"."""
+    table heads each group and the diagram titles each group. ``model`` is "encoder" or "mlm".
+
+    A layer's title is its HF module, a colon, then what it does. ``rolled=True`` words a self-attention
+    layer for every block at once (a drawing of the block drawn once), without "block b of num_blocks";
+    ``masks=False`` leaves out which masks act in a layer (a drawing without the masks).
+    """
     scope = step.scope
     if scope == "inputs":
         return "inputs and the latent array"
@@ -72,23 +78,36 @@ def scope_title(step: Step, config: PerceiverConfig, model: str = "encoder") -> 
         return ("the masks: attention_mask and head_mask as PerceiverModel.forward prepares them; latent_mask is "
                 "npperceiver's (HF's PerceiverModel has none: it passes attention_mask=None to its encoder)")
     if scope == "cross":
-        return "encoder.cross_attention: latents attend to the inputs (inputs_mask only)"
+        return "encoder.cross_attention: latents attend to the inputs" + (" (inputs_mask only)" if masks else "")
     if scope == "text":
         return "perceiver.input_preprocessor: token and position embeddings (PerceiverTextPreprocessor)"
     if scope == "decoder_query":
         return "perceiver.decoder: the output queries, the same for every input"
     if scope == "decoder":
         return (f"perceiver.decoder.decoding_cross_attention: output queries attend to the latents "
-                f"({MLM_DECODER_HEADS} heads, no mask)")
+                f"({MLM_DECODER_HEADS} heads{', no mask' if masks else ''})")
     if scope == "embedding_decoder":
         return "embedding_decoder: logits with the token embedding, transposed (tied by use)"
     if scope == "output":
         return "the encoder's result" if model == "mlm" and step.id.endswith("last_hidden_state") else "result"
-    masks = f"head_mask[{step.layer}]"
+    acting = f"head_mask[{step.layer}]"
     if model == "encoder":
-        masks += ", and npperceiver's latent_mask as attention_mask: HF passes attention_mask=None here"
-    return (f"encoder.self_attends.{step.layer}, block {step.block + 1} of {config.num_blocks}: latents attend "
-            f"to latents ({masks}; same weights in every block)")
+        acting += ", and npperceiver's latent_mask as attention_mask: HF passes attention_mask=None here"
+    where = "" if rolled else f", block {step.block + 1} of {config.num_blocks}"
+    return (f"encoder.self_attends.{step.layer}{where}: latents attend "
+            f"to latents ({acting + '; ' if masks else ''}same weights in every block)")
+
+
+def block_title(config: PerceiverConfig, block: Optional[int] = None) -> str:
+    """The title of a group of ``num_self_attends_per_block`` self-attention layers: one application of the
+    block (``block`` = 0 .. num_blocks-1), or the block drawn once for all of them (``block=None``)."""
+    S, NB = config.num_self_attends_per_block, config.num_blocks
+    layers = f"encoder.self_attends.0-{S - 1}" if S > 1 else "encoder.self_attends.0"
+    if block is not None:
+        return f"{layers}, block {block + 1} of {NB}"
+    if NB == 1:
+        return f"{layers}: the self-attention block, applied once (num_blocks = 1)"
+    return f"{layers}: the self-attention block, applied num_blocks = {NB} times with the same weights"
 
 
 def mask_label(mask: Optional[str]) -> str:
@@ -326,7 +345,8 @@ def _layer_steps(add, dims: AttentionDims, config: PerceiverConfig, scope: str, 
     elif mask == "attention_mask":
         last = step("attention_mask", a, "+ attention_mask", "0 keeps, float32 min drops", (B, H, Q, K),
                     ("B", h, q, k), (last,), mask="attention_mask", mask_source="masks/attention_bias")
-    last = step("softmax", a, "softmax", f"over the {k} keys", (B, H, Q, K), ("B", h, q, k), (last,))
+    last = step("softmax", a, "softmax", f"over the {k} keys", (B, H, Q, K), ("B", h, q, k), (last,),
+                note="no head_mask: HF passes head_mask=None to the cross-attention" if scope == "cross" else "")
     if not cross:
         last = step("head_mask", a, f"x head_mask[{layer}]", f"row {layer} scales each head",
                     (B, H, Q, K), ("B", h, q, k), (last,), mask=f"head_mask[{layer}]",

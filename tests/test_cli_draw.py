@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import json
+import re
 import shutil
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -124,6 +126,36 @@ def test_without_dot_program(run, tmp_path, monkeypatch):
     assert run("draw-encoder", "--config", "small", "--format", "dot").exit_code == 0  # asked for dot: fine
 
 
+@pytest.mark.parametrize("script, words", [
+    ('echo "Error: <stdin>: syntax error in line 1" >&2; exit 1', ["exit code 1", "syntax error in line 1"]),
+    ("kill -SEGV $$", ["killed by signal 11", "SIGSEGV"]),
+    ("kill -KILL $$", ["killed by signal 9", "SIGKILL"]),
+    ('cat > /dev/null; printf "%s" "<svg but not quite"', ["wrote no"]),
+    ("cat > /dev/null; head -c 64 /dev/urandom", ["wrote no"]),
+])
+@pytest.mark.parametrize("name", ["d.svg", "d.png", "d.pdf"])
+def test_a_failing_dot_ends_in_one_error_line_and_no_file(run, tmp_path, monkeypatch, script, words, name):
+    """Graphviz's `dot` failing, crashing or printing garbage: one line, exit 1, nothing written."""
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    (bin_dir / "dot").write_text("#!/bin/sh\n" + script + "\n")
+    (bin_dir / "dot").chmod(0o755)
+    monkeypatch.setenv("PATH", f"{bin_dir}:/usr/bin:/bin")
+    res = run("draw-encoder", "--config", "small", "-o", name)
+    _one_error_line(res, "Graphviz could not draw the " + name[-3:], *words)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["bin"]
+
+
+@needs_dot
+@pytest.mark.parametrize("args", [[], ["--unroll", "--detail", "layer"], ["--model", "mlm", "--hide-masks"]])
+def test_format_dot_is_the_picture(run, tmp_path, args):
+    """The DOT text --format dot writes is the picture: `dot -Tsvg` of it is the svg the command writes."""
+    assert run("draw-encoder", "--config", "small", *args, "-o", "d.dot").exit_code == 0
+    assert run("draw-encoder", "--config", "small", *args, "-o", "d.svg").exit_code == 0
+    drawn = subprocess.run(["dot", "-Tsvg", "d.dot"], capture_output=True, check=True, cwd=tmp_path).stdout
+    assert drawn == (tmp_path / "d.svg").read_bytes()
+
+
 # ---------------------------------------------------------------------------- drawing options
 def test_drawing_options_reach_the_drawing(run):
     def dot(*args):
@@ -131,13 +163,13 @@ def test_drawing_options_reach_the_drawing(run):
         assert res.exit_code == 0, res.stderr
         return res.stdout
     plain = dot()
-    assert "cluster_self0" in plain and "cluster_block1" not in plain and "(B, M, 24)" in plain
-    assert "cluster_block1_self1" in dot("--unroll")
-    assert '"self0/layer"' in dot("--detail", "layer") and '"self0/softmax"' in dot("--detail", "op")
+    assert '"self1/layer"' in plain and "cluster_block1" not in plain and "(B, M, 24)" in plain
+    assert '"block1/self1/layer"' in dot("--unroll") and "cluster_block1" in dot("--unroll")
+    assert 'PORT="self0.query"' in dot("--detail", "op") and 'PORT="self0.query"' not in dot("--detail", "layer")
     assert "(3, 9, 24)" in dot("--batch", "3", "--seq-len", "9")
     assert "(3, M, 24)" in dot("--batch", "3")
     hidden = dot("--hide-masks")
-    assert "inputs_mask" not in hidden and "head_mask" not in hidden
+    assert not {"inputs_mask", "head_mask", "latent_mask", "attention_mask"} & set(re.findall(r"\w*mask\w*", hidden))
 
 
 @pytest.mark.parametrize("args", [["--batch", "0"], ["--seq-len", "-2"], ["--detail", "ops"], ["--format", "gif"],
@@ -177,12 +209,12 @@ def test_mlm_drawing_defaults_to_layer_detail_and_its_own_name(run, tmp_path):
     assert res.exit_code == 0, res.stderr
     assert "wrote small-mlm.dot" in res.stderr
     dot = (tmp_path / "small-mlm.dot").read_text()
-    for text in ('"decoder/layer"', '"self0/layer"', "cluster_text", "cluster_decoder", "logits [",
-                 "the decoder gets no mask: HF drops query_mask", "(B, 64, 262)"):
+    for text in ('"decoder/layer"', '"self0/layer"', 'PORT="text.input_ids"', '"output/logits" [',
+                 "no mask: HF passes query_mask", "(B, 64, 262)", "(8 heads,"):
         assert text in dot, text
-    assert '"decoder/softmax"' not in dot and "latent_mask" not in dot
+    assert 'PORT="decoder.softmax"' not in dot and "latent_mask" not in dot
     op = run("draw-encoder", "--config", "small", "--model", "mlm", "--detail", "op", "--format", "dot", "-o", "-")
-    assert op.exit_code == 0 and '"decoder/softmax"' in op.stdout and '"cross/inputs_mask"' in op.stdout
+    assert op.exit_code == 0 and 'PORT="decoder.softmax"' in op.stdout and 'PORT="cross.inputs_mask"' in op.stdout
     numeric = run("draw-encoder", "--config", "small", "--model", "mlm", "--batch", "2", "--seq-len", "7",
                   "--format", "dot", "-o", "-")
     assert "(2, 7, 24)" in numeric.stdout and "(2, 64, 262)" in numeric.stdout

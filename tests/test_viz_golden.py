@@ -4,8 +4,9 @@ When the drawing changes on purpose, regenerate the files and review the diff:
 
     NPPERCEIVER_REGEN_GOLDEN=1 python -m pytest tests/test_viz_golden.py
 
-The DOT text is :func:`npperceiver.viz.render.to_dot` (no ``dot`` program needed); it depends on the ``graphviz``
-Python package's formatting, which is stable within a release series.
+The DOT text is :func:`npperceiver.viz.render.to_dot` (no ``dot`` program needed): exactly what
+``npperceiver draw-encoder --format dot`` writes and what ``dot`` draws for svg, png and pdf. It depends on
+the ``graphviz`` Python package's formatting, which is stable within a release series.
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ REGEN = os.environ.get("NPPERCEIVER_REGEN_GOLDEN") == "1"
 CASES = {
     "small-op": ("small", dict(detail="op")),
     "small-op-unrolled": ("small", dict(detail="op", unroll=True)),
+    "small-layer": ("small", dict(detail="layer")),
     "small-layer-numeric": ("small", dict(detail="layer", batch=2, seq_len=7)),
     "small-op-no-masks": ("small", dict(detail="op", masks=False)),
     "language-perceiver-layer": ("language-perceiver", dict(detail="layer")),

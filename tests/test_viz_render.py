@@ -1,16 +1,16 @@
-"""Real rendering with Graphviz's ``dot`` program (CI installs it; skipped where it is missing).
+"""Real rendering with Graphviz's ``dot`` program (CI installs it; skipped where it is missing), and the
+notebook API.
 
-The pictures come from :func:`npperceiver.viz.render.layout_dot`, which places every node, box and edge itself
-(``viz/layout.py``). These tests read the placed drawing back from Graphviz (``-Tjson0``) and check what a
-reader would: no two boxes overlap, the columns and rows stand in order, every box lies inside the
-clusters that hold it, every edge starts on its tail and ends on its head (a compact edge on its
-cluster's border), and the small preset fits a 1920 x 1080 screen at 100 %.
+The pictures are read back from the SVG ``dot`` draws, as a reader would see them: the labels are there,
+the order holds (q left of k left of v, each mask beside what it becomes, the layers top to bottom, each
+inside its block's frame), no two boxes overlap, the legend explains every style drawn and no other, and
+the small preset fits a 1920 x 1080 screen. Failures of ``dot`` itself are tried with fake ``dot`` programs.
 """
 
 from __future__ import annotations
 
 import itertools
-import json
+import re
 import shutil
 import struct
 import xml.etree.ElementTree as ET
@@ -22,18 +22,63 @@ pytest.importorskip("graphviz")
 import graphviz  # noqa: E402
 
 import npperceiver as npp  # noqa: E402
+from npperceiver.viz import encoder_diagram  # noqa: E402
 from npperceiver.viz.encoder_graph import build_encoder_graph, build_mlm_graph  # noqa: E402
-from npperceiver.viz.render import LEGEND_EDGES, STYLE, layout_dot, legend_rows, render, to_dot  # noqa: E402
+from npperceiver.viz.render import (BAND, LEGEND, STYLE, RenderError, drawn, legend_rows, render,  # noqa: E402
+                                    to_dot)
 
 needs_dot = pytest.mark.skipif(shutil.which("dot") is None, reason="Graphviz's dot program is not installed")
 
 SMALL, LP = npp.load_preset("small"), npp.load_preset("language-perceiver")
+SVG = "{http://www.w3.org/2000/svg}"
+
+CASES = {
+    "small op": lambda: build_encoder_graph(SMALL, name="small.json"),
+    "small op, unrolled, numeric": lambda: build_encoder_graph(SMALL, unroll=True, batch=2, seq_len=5),
+    "small layer": lambda: build_encoder_graph(SMALL, detail="layer"),
+    "small layer, unrolled, no masks": lambda: build_encoder_graph(SMALL, detail="layer", unroll=True, masks=False),
+    "3 blocks of 3, op, per-layer masks": lambda: build_encoder_graph(
+        npp.PerceiverConfig(**{**SMALL.to_dict(), "num_blocks": 3, "num_self_attends_per_block": 3}), compact=False),
+    "language-perceiver": lambda: build_encoder_graph(LP, name="language-perceiver.json"),
+    "small mlm": lambda: build_mlm_graph(SMALL, name="small.json"),
+    "small mlm op, unrolled": lambda: build_mlm_graph(SMALL, detail="op", unroll=True),
+}
 
 
-def _svg_text(svg: bytes) -> str:
-    root = ET.fromstring(svg)  # parses: well-formed XML
-    assert root.tag.endswith("svg")
-    return " ".join(t.text or "" for t in root.iter() if t.tag.endswith("text"))
+def _svg(graph) -> ET.Element:
+    root = ET.fromstring(render(to_dot(graph), "svg"))  # parses: well-formed XML
+    assert root.tag == SVG + "svg"
+    return root
+
+
+def _texts(root: ET.Element) -> list[tuple[str, float, float]]:
+    """Every text drawn, with its position (y grows downwards)."""
+    return [((t.text or "").strip(), float(t.get("x")), float(t.get("y"))) for t in root.iter(SVG + "text")]
+
+
+def _bboxes(root: ET.Element, kind: str) -> dict[str, tuple[float, float, float, float]]:
+    """The box (x0, y0, x1, y1) of each drawn node or cluster, from every point and text it draws."""
+    out = {}
+    for g in root.iter(SVG + "g"):
+        if g.get("class") != kind:
+            continue
+        xs, ys = [], []
+        for el in g.iter():
+            for value in (el.get("points"), el.get("d")):
+                for x, y in re.findall(r"(-?[\d.]+),(-?[\d.]+)", value or ""):
+                    xs.append(float(x))
+                    ys.append(float(y))
+        if xs:
+            out[g.find(SVG + "title").text] = (min(xs), min(ys), max(xs), max(ys))
+    return out
+
+
+def _overlap(a, b, slack=0.5) -> bool:
+    return a[0] < b[2] - slack and b[0] < a[2] - slack and a[1] < b[3] - slack and b[1] < a[3] - slack
+
+
+def _inside(a, b, slack=0.5) -> bool:
+    return b[0] - slack <= a[0] and a[2] <= b[2] + slack and b[1] - slack <= a[1] and a[3] <= b[3] + slack
 
 
 def _png_size(png: bytes) -> tuple[int, int]:
@@ -41,168 +86,164 @@ def _png_size(png: bytes) -> tuple[int, int]:
     return struct.unpack(">II", png[16:24])
 
 
-def _placed(graph, source: str):
-    """Boxes (x0, y0, x1, y1) of the nodes and clusters, and the end points of each edge, as drawn."""
-    data = json.loads(graphviz.pipe("neato", "json0", source.encode("utf-8"), neato_no_op=2))
-    nodes, clusters, edges = {}, {}, []
-    names = {}
-    for obj in data["objects"]:
-        names[obj["_gvid"]] = obj.get("name")
-        if "pos" in obj and obj["name"] in graph.nodes:
-            x, y = map(float, obj["pos"].split(","))
-            w, h = float(obj["width"]) * 36, float(obj["height"]) * 36
-            nodes[obj["name"]] = (x - w, y - h, x + w, y + h)
-        elif obj.get("name", "").startswith("cluster_") and "bb" in obj:
-            clusters[obj["name"]] = tuple(map(float, obj["bb"].split(",")))
-    for e in data.get("edges", []):
-        parts = e["pos"].split()
-        end = [p[2:] for p in parts if p.startswith("e,")]
-        points = [p for p in parts if not p.startswith(("e,", "s,"))]
-        first = tuple(map(float, points[0].split(",")))
-        last = tuple(map(float, (end or points[-1:])[0].split(",")))
-        edges.append((int(e["id"][4:]), names[e["tail"]], names[e["head"]], first, last))
-    return nodes, clusters, edges
-
-
-def _points(source: str, index: int) -> list:
-    """The points of edge ``index`` as placed (Graphviz coordinates)."""
-    data = json.loads(graphviz.pipe("neato", "json0", source.encode("utf-8"), neato_no_op=2))
-    pos = next(e["pos"] for e in data["edges"] if e.get("id") == f"edge{index}")
-    return [tuple(map(float, p.lstrip("es,").split(","))) for p in pos.split()]
-
-
-def _overlap(a, b, slack=0.5) -> bool:
-    return a[0] < b[2] - slack and b[0] < a[2] - slack and a[1] < b[3] - slack and b[1] < a[3] - slack
-
-
-def _near(point, box, slack=3.0) -> bool:
-    return box[0] - slack <= point[0] <= box[2] + slack and box[1] - slack <= point[1] <= box[3] + slack
-
-
-def _check_layout(graph, source: str) -> None:
-    nodes, clusters, edges = _placed(graph, source)
-    assert set(nodes) == set(graph.nodes)
-    for a, b in itertools.combinations(nodes, 2):
-        assert not _overlap(nodes[a], nodes[b]), (a, b)
-    for a, b in itertools.combinations(clusters, 2):  # boxes either nest or stand apart
-        if a not in graph.ancestors(b) and b not in graph.ancestors(a):
-            assert not _overlap(clusters[a], clusters[b]), (a, b)
-    for n, box in nodes.items():
-        for c in graph.ancestors(graph.nodes[n].cluster):
-            if c in clusters:
-                cb = clusters[c]
-                assert cb[0] <= box[0] + 0.5 and box[2] <= cb[2] + 0.5 and cb[1] <= box[1] + 0.5 and box[3] <= cb[3] + 0.5, (n, c)
-    for row in graph.rows:  # side by side, in the order given
-        xs = [nodes[n][0] for n in row]
-        assert all(a < b for a, b in zip(xs, xs[1:])), row
-    for band in graph.layout:  # columns left to right, pieces top to bottom
-        right = None
-        for column in band:
-            boxes = [[nodes[n] for n in graph.piece_nodes(piece)] for piece in column]
-            left = min(b[0] for bs in boxes for b in bs)
-            assert right is None or left > right, column
-            right = max(b[2] for bs in boxes for b in bs)
-            tops = [max(b[3] for b in bs) for bs in boxes]  # y grows upwards in Graphviz
-            assert tops == sorted(tops, reverse=True), column
-    assert sorted(i for i, *_ in edges) == list(range(len(graph.edges)))  # each edge drawn once
-    for i, tail, head, first, last in edges:
-        e = graph.edges[i]
-        assert (tail, head) == (e.tail, e.head)
-        if e.kind == "loop":  # round inside the block it repeats
-            block = next(c for c in graph.ancestors(graph.nodes[tail].cluster) if graph.clusters[c].role == "block")
-            assert all(_near(p, clusters[block], slack=0) for p in _points(source, i)), (tail, head)
-        assert _near(first, nodes[tail]), (tail, head, first)
-        if e.into is not None:  # on the top border of the cluster it stands for
-            box = clusters[e.into]
-            assert box[0] <= last[0] <= box[2] and abs(last[1] - box[3]) < 3, (tail, e.into, last)
-        else:
-            assert _near(last, nodes[head]), (tail, head, last)
-
-
-CASES = {
-    "small op": lambda: build_encoder_graph(SMALL, name="small.json"),
-    "small layer, unrolled": lambda: build_encoder_graph(SMALL, detail="layer", unroll=True),
-    "small op, unrolled, numeric": lambda: build_encoder_graph(SMALL, unroll=True, batch=2, seq_len=5),
-    "small without masks": lambda: build_encoder_graph(SMALL, masks=False),
-    "language-perceiver": lambda: build_encoder_graph(LP, name="language-perceiver.json"),
-    "3 blocks of 1, layer, compact": lambda: build_encoder_graph(
-        npp.PerceiverConfig(**{**SMALL.to_dict(), "num_blocks": 3, "num_self_attends_per_block": 1}),
-        detail="layer", compact=True),
-    "2 blocks of 3, op (the loop runs along the block's foot)": lambda: build_encoder_graph(
-        npp.PerceiverConfig(**{**SMALL.to_dict(), "num_blocks": 2, "num_self_attends_per_block": 3}), detail="op"),
-    "small mlm": lambda: build_mlm_graph(SMALL, name="small.json"),
-    "small mlm op": lambda: build_mlm_graph(SMALL, detail="op"),
-}
-
-
 @needs_dot
 @pytest.mark.parametrize("case", sorted(CASES))
-def test_layout_is_tidy(case):
+def test_the_picture_is_tidy_and_in_order(case):
     graph = CASES[case]()
-    _check_layout(graph, layout_dot(graph))
+    root = _svg(graph)
+    nodes, clusters = _bboxes(root, "node"), _bboxes(root, "cluster")
+    drawn_nodes = {n.id for n in graph.nodes_in(None) + [n for c in graph.clusters for n in graph.nodes_in(c)]}
+    band = {n for n in drawn_nodes if n not in nodes}
+    assert set(nodes) == (drawn_nodes - band) | ({BAND} if band else set())
+    for a, b in itertools.combinations(nodes, 2):  # no two boxes overlap
+        assert not _overlap(nodes[a], nodes[b]), (a, b)
+    for a, b in itertools.combinations(clusters, 2):  # frames nest or stand apart
+        if not (_inside(clusters[a], clusters[b]) or _inside(clusters[b], clusters[a])):
+            assert not _overlap(clusters[a], clusters[b]), (a, b)
+    for c in graph.clusters:  # each block's frame holds its layers, and only those
+        for n in nodes:
+            held = n in graph.nodes and graph.within(n, c)
+            assert _inside(nodes[n], clusters[c]) == held or not held and not _overlap(nodes[n], clusters[c]), (n, c)
+    # The layers one under the other, in the order they run.
+    layers = [t.id for t in graph.nodes.values() if t.kind == "table" and t.id.endswith("/layer")]
+    tops = [nodes[t][1] for t in layers if not t.startswith("decoder")]
+    assert tops == sorted(tops) and len(set(tops)) == len(tops)
+    # In each layer, the query side left of the key/value side, and q left of k left of v.
+    texts = _texts(root)
+    for t in layers:
+        box = nodes[t]
+        inside = [(text, x, y) for text, x, y in texts if box[0] <= x <= box[2] and box[1] <= y <= box[3]]
+        for row in (("layernorm1", "layernorm2"), ("query", "key", "value")):
+            found = [(x, y) for name in row for text, x, y in inside if text.split(" · ")[0] == name]
+            if len(found) == len(row):
+                ys = [y for _, y in found]
+                assert [x for x, _ in found] == sorted(x for x, _ in found) and max(ys) - min(ys) < 5, (t, row)
+    # Each mask beside (layer detail: left of) or above (op detail) what it becomes.
+    if "masks/attention_mask" in graph.nodes:
+        given = [(x, y) for text, x, y in texts if text == "attention_mask"]
+        made = [(x, y) for text, x, y in texts if text == "inputs_mask"][0]
+        assert made[1] > given[0][1] if graph.detail == "op" else made[0] > given[0][0]
 
 
 @needs_dot
 @pytest.mark.parametrize("case", ["small op", "small op, unrolled, numeric", "language-perceiver", "small mlm"])
-def test_svg_parses_and_carries_the_labels(case):
+def test_svg_carries_every_box_and_the_legend(case):
     graph = CASES[case]()
-    text = _svg_text(render(layout_dot(graph), "svg"))
-    mlm = "mlm" in case
-    for label in ("inputs_mask", "head_mask", "last_hidden_state", "encoder.cross_attention",
-                  "encoder.self_attends.0", "in a box:", "HF drops"):
-        assert label in text, label
-    if mlm:
-        for label in ("Perceiver IO masked language model",
-                      "input_ids", "perceiver.input_preprocessor", "decoding cross-attention", "logits",
-                      "the decoder gets no mask: HF drops query_mask", "@ Eᵀ + bias"):
-            assert label in text, label
-    else:
-        for label in ("Perceiver encoder", "embeddings.latents", "latent_mask"):
-            assert label in text, label
+    text = " ".join(t for t, _, _ in _texts(_svg(graph)))
+    for n in graph.boxes():  # every box's name (its first words) and the shape it outputs
+        assert n.label.split(" · ")[0].split(", ")[0] in text, n.id
+        assert n.shape in text.replace("\xa0", " "), n.id
+    for t in graph.nodes.values():
+        if t.kind == "table":
+            assert t.label.split()[0] in text
+    for words in ("in a box:", "data", graph.title):
+        assert words in text
     if "numeric" in case:
         assert "(2, 5, 24)" in text and "(2, 4, 16, 16)" in text
 
 
 @needs_dot
-def test_small_preset_fits_a_screen_and_language_perceiver_stays_compact():
-    """The small diagram is readable without zooming on a 1920 x 1080 screen; the 26-layer one, rolled,
-    fits within two screens' height (two columns of layers, the masks drawn once into the block)."""
-    w, h = _png_size(render(layout_dot(build_encoder_graph(SMALL, name="small.json")), "png"))
+def test_small_fits_a_screen_the_overview_a_page_and_language_perceiver_two_screens():
+    """The small diagram (op detail, the default) is readable without zooming on a 1920 x 1080 screen; in
+    its layer-detail overview, which opens the README, the smallest text (9 pt, 12 px) stays at 10 px or more
+    when a page 880 px wide scales it down; the 26-layer encoder, rolled, fits two screens' height."""
+    w, h = _png_size(render(to_dot(build_encoder_graph(SMALL, name="small.json")), "png"))
     assert w <= 1920 and h <= 1080, (w, h)
-    w, h = _png_size(render(layout_dot(build_encoder_graph(LP, name="language-perceiver.json")), "png"))
+    w, h = _png_size(render(to_dot(build_encoder_graph(SMALL, detail="layer", name="small.json")), "png"))
+    assert 12 * min(1, 880 / w) >= 10, (w, h)
+    w, h = _png_size(render(to_dot(build_encoder_graph(LP, name="language-perceiver.json")), "png"))
     assert w <= 1920 and h <= 2160, (w, h)
 
 
 @needs_dot
-def test_png_and_pdf_render():
-    graph = build_encoder_graph(SMALL, detail="layer")
-    assert render(layout_dot(graph), "png").startswith(b"\x89PNG")
-    assert render(layout_dot(graph), "pdf").startswith(b"%PDF")
-    assert render(to_dot(graph), "png").startswith(b"\x89PNG")  # Graphviz's own layout of the plain DOT works too
-
-
-def test_dot_format_needs_no_program_and_legend_follows_the_style_table():
-    src = to_dot(build_encoder_graph(SMALL))
-    assert render(src, "dot") == src.encode()
-    for _, mask, _ in LEGEND_EDGES:
-        if mask:
-            assert STYLE["mask"][mask]["color"] in src
-    assert src.count("subgraph cluster_") >= 6
+def test_png_and_pdf_render_and_dot_is_the_source_itself():
+    source = to_dot(build_encoder_graph(SMALL, detail="layer"))
+    assert render(source, "png").startswith(b"\x89PNG") and render(source, "pdf").startswith(b"%PDF")
+    assert render(source, "dot") == source.encode()
     with pytest.raises(ValueError, match="format"):
-        render(src, "jpg")
+        render(source, "jpg")
 
 
-def test_legend_lists_only_the_styles_drawn():
-    def kinds(graph):
-        nodes, edges = legend_rows(graph)
-        return {text for _, _, text in nodes + edges}
+def _styles_drawn(graph) -> set[tuple]:
+    """The styles a picture uses, in the legend's terms."""
+    used = {("node", n.kind, None) for n in graph.nodes.values()}
+    used |= {("node", "operation", "inputs_mask") for n in graph.boxes() if n.kind == "operation" and n.mask}
+    for e in graph.edges:
+        if drawn(graph, e):
+            style = "dropped" if e.dropped else "compact" if e.into else e.kind
+            used.add(("edge", style, e.mask if style == "mask" else None))
+            if e.into:  # a compact edge is a mask edge too: its colour says which
+                used.add(("edge", "mask", e.mask))
+    return used | {("cluster", c.role, None) for c in graph.clusters.values()}
 
-    small = kinds(build_encoder_graph(SMALL))  # op detail: operations that apply a mask, per-layer masks
-    assert {"a mask acts here", "block applied again", "attention_mask → inputs_mask"} <= small
-    assert "into a block: every layer in it" not in small
-    lp = kinds(build_encoder_graph(LP))  # compact, one block: no loop
-    assert "into a block: every layer in it" in lp and "block applied again" not in lp
-    hidden = kinds(build_encoder_graph(SMALL, masks=False))
-    assert not {"mask", "HF drops a mask", "a mask HF drops", "head_mask"} & hidden
-    mlm = kinds(build_mlm_graph(SMALL))  # no latent mask in the MLM
-    assert "latent_mask → the encoder's attention_mask" not in mlm and "head_mask" in mlm
+
+@pytest.mark.parametrize("case", sorted(CASES))
+def test_the_legend_explains_every_style_drawn_and_no_other(case):
+    graph = CASES[case]()
+    assert {row[:3] for row in legend_rows(graph)} == _styles_drawn(graph)
+    legend = to_dot(graph).split("in a box:")[0]
+    for what, key, family, text in legend_rows(graph):  # with the colour it is drawn in
+        styles = {"edge": STYLE["edge"], "node": STYLE["node"], "cluster": STYLE["cluster"]}[what]
+        color = STYLE["mask"][family]["color"] if family else styles[key].get("color")
+        assert text in legend.replace("&#x27;", "'") and (color is None or color in legend), text
+    assert {row[:3] for row in LEGEND} >= _styles_drawn(CASES["small mlm op, unrolled"]())
+
+
+def test_the_block_frame_is_not_a_mask_style():
+    """The block's frame is drawn in its own style, not the latent mask's green dashes (it is there whether
+    or not a latent mask is)."""
+    block = STYLE["cluster"]["block"]
+    assert "dashed" not in block["style"] and block["color"] not in {m["color"] for m in STYLE["mask"].values()}
+
+
+# ---------------------------------------------------------------------------- when dot fails
+@pytest.fixture
+def fake_dot(tmp_path, monkeypatch):
+    """Put a fake ``dot`` (a shell script) first on PATH."""
+    def install(script: str) -> None:
+        program = tmp_path / "dot"
+        program.write_text("#!/bin/sh\n" + script + "\n")
+        program.chmod(0o755)
+        monkeypatch.setenv("PATH", f"{tmp_path}:/usr/bin:/bin")
+    return install
+
+
+@pytest.mark.parametrize("script, words", [
+    ('echo "Error: syntax error in line 3" >&2; exit 2', "`dot` failed (exit code 2): Error: syntax error in line 3"),
+    ("kill -SEGV $$", "`dot` was killed by signal 11 (SIGSEGV)"),
+    ('cat >/dev/null; echo "not a picture"', "`dot` wrote no svg picture"),
+    ("cat >/dev/null", "`dot` wrote no svg picture"),
+])
+def test_a_failing_dot_is_one_clear_error(fake_dot, script, words):
+    fake_dot(script)
+    with pytest.raises(RenderError) as err:
+        render("digraph { a }", "svg")
+    assert str(err.value) == words and "\n" not in str(err.value)
+
+
+def test_a_missing_dot_is_one_clear_error(monkeypatch):
+    monkeypatch.setattr(shutil, "which", lambda name: None)
+    with pytest.raises(RenderError, match="not on PATH"):
+        render("digraph { a }", "png")
+
+
+# ---------------------------------------------------------------------------- the notebook API
+def test_encoder_diagram_is_the_drawing_as_a_graphviz_source():
+    diagram = encoder_diagram(SMALL, detail="layer", batch=2)
+    assert isinstance(diagram, graphviz.Source)
+    assert diagram.source == to_dot(build_encoder_graph(SMALL, detail="layer", batch=2))
+    assert encoder_diagram("small").source == to_dot(build_encoder_graph(SMALL, name="small.json"))
+    mlm = encoder_diagram(SMALL, model="mlm", unroll=True, masks=False, legend=False)
+    assert mlm.source == to_dot(build_mlm_graph(SMALL, detail="layer", unroll=True, masks=False), legend=False)
+    assert "in a box:" not in mlm.source
+    for bad, match in ((dict(model="gpt"), "model"), (dict(detail="all"), "detail")):
+        with pytest.raises(ValueError, match=match):
+            encoder_diagram(SMALL, **bad)
+    with pytest.raises(ValueError, match="preset"):
+        encoder_diagram("tiny")
+
+
+@needs_dot
+def test_encoder_diagram_shows_itself_in_a_notebook():
+    bundle = encoder_diagram(SMALL, detail="layer")._repr_mimebundle_()  # what Jupyter calls to display it
+    assert "encoder.cross_attention" in bundle["image/svg+xml"]

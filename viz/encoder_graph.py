@@ -1,145 +1,105 @@
-"""The Perceiver encoder of one config as a graph: its layers and how data and each mask flow through them.
+"""The Perceiver encoder of one config as a graph: its layers, and how data and each mask flow through them.
 
-:func:`build_encoder_graph` reads nothing but the config and npperceiver's step-by-step shape inference
-(:func:`npperceiver.trace.encoder_steps`), the same trace ``npperceiver explain`` prints and the tests
-execute against the model -- so every shape in the drawing is the shape of a real array of the forward pass.
-:func:`build_mlm_graph` does the same for the masked language model (:func:`npperceiver.trace.mlm_steps`).
+:func:`build_encoder_graph` reads the forward trace (:func:`npperceiver.trace.encoder_steps`), the one the
+``explain`` table prints and the tests execute against the model, so every box shows steps of the real
+forward pass, worded as the trace words them, with the shape their array has. :func:`build_mlm_graph`
+does the same for the masked language model (:func:`npperceiver.trace.mlm_steps`).
 
-What it draws (HF transformers 4.57.6, ``modeling_perceiver.py``):
-
-* the sources: ``inputs`` (B, M, C) and the latent array (N, D), broadcast to (B, N, D);
-* ``encoder.cross_attention``: one cluster, latents attending to the inputs, with ``+ inputs_mask``;
-* the self-attention block: one cluster per ``encoder.self_attends[i]``, each with ``+ attention_mask``
-  (the latent mask) and ``x head_mask[i]`` after the softmax. Rolled (the default) the block is drawn once,
-  with a loop edge saying it is applied ``num_blocks`` times with shared weights; unrolled, every
-  application is drawn, and layer i of every block reads row i of ``head_mask``, as HF does;
-* the three masks as sources of their own, above the layers they reach, with notes where HF drops one.
-  With more than :data:`COMPACT_LAYERS` self-attention layers drawn, the latent mask and ``head_mask`` each
-  enter the block once, as a *compact* edge that lists every layer it reaches (``Edge.each``);
-* for the MLM also: the text preprocessor, the decoder's output queries and its cross-attention to the
-  latents (no mask: HF drops ``query_mask``), and the embedding decoder, tied to the token embedding.
-
-``detail="op"`` draws every operation; ``detail="layer"`` draws each ``PerceiverLayer`` as one box, masks
-still entering it. Every box shows the shape of what it outputs (``Node.shape``); the data edges carry the
-same shapes as labels, for tests and tooltips.
-
-Left out: dropout on the attention probabilities (the identity outside training), HF's output records
-(hidden states and attentions are the arrays the boxes already show), the tokenizer and the MLM's loss.
+Each group of steps (a layer, the inputs, the masks, ...) is a table titled by
+:func:`npperceiver.trace.scope_title`, its parts the boxes of its steps. A layer's first row is where it
+reads its input: the query side and, in a cross-attention, the key/value side beside it. ``detail="op"``
+gives every operation a box (a projection and its split into heads share one, as do the MLP's three
+steps); ``detail="layer"`` gives a box to each run of steps between the masks. Rolled (the default) the
+self-attention block is drawn once, framed, and a loop edge feeds it back ``num_blocks`` times; unrolled,
+every application is drawn. Each mask reaches exactly the step that applies it; where HF drops one, the
+edge ends, ``dropped``, at the step whose note says so. With more than :data:`COMPACT_LAYERS`
+self-attention layers drawn, the latent mask and ``head_mask`` enter the block's frame once, as *compact*
+edges that list every step they reach.
 """
 
 from __future__ import annotations
 
 from dataclasses import replace
 from itertools import groupby
-from typing import TYPE_CHECKING, Optional
+from typing import Optional
 
-from npperceiver.text import decoder_attention_dims
-from npperceiver.trace import Dim, Step, encoder_steps, format_shape, mlm_steps
+from npperceiver.config import PerceiverConfig
+from npperceiver.trace import Dim, Step, block_title, encoder_steps, format_shape, mlm_steps, scope_title
 
 from .graph import Cluster, Edge, Graph, Node
 
-if TYPE_CHECKING:  # pragma: no cover
-    from npperceiver.config import PerceiverConfig
-
 DETAILS = ("layer", "op")
-MODELS = ("encoder", "mlm")
 
 #: With more self-attention layers drawn than this, the latent mask and head_mask enter the block once
-#: (compact edges) instead of once per layer.
-COMPACT_LAYERS = 4
+#: (a compact edge) rather than once per layer: edges to the lower layers would run beside the upper ones.
+COMPACT_LAYERS = 1
 
-#: Which family each mask belongs to, by the id of the step that produces it; the renderer colours by
-#: family. "inputs_mask": HF's attention_mask over the inputs; "attention_mask": the latent mask; "head_mask".
-MASK_FAMILY = {
-    "masks/attention_mask": "inputs_mask",
-    "masks/inputs_mask": "inputs_mask",
-    "masks/latent_mask": "attention_mask",
-    "masks/attention_bias": "attention_mask",
-    "masks/head_mask": "head_mask",
-    "masks/head_mask_5d": "head_mask",
-}
+#: Layer detail: with more self-attention layers drawn than this, each is a table of one row.
+ROW_LAYERS = 4
 
-_PRETTY = (("->", "→"), ("key^T", "keyᵀ"), ("E^T", "Eᵀ"), (" x ", " × "), ("x head_mask", "× head_mask"),
-           ("sqrt(", "√("))
+#: The mask family of each mask step, by the id of the step; the renderer colours by family.
+MASK_FAMILY = {"masks/attention_mask": "inputs_mask", "masks/inputs_mask": "inputs_mask",
+               "masks/latent_mask": "attention_mask", "masks/attention_bias": "attention_mask",
+               "masks/head_mask": "head_mask", "masks/head_mask_5d": "head_mask"}
+
+#: Op detail: steps drawn in the box of an earlier step of their layer. The split into heads goes with its
+#: projection, the merge of the heads with the product by the values, the query residual with the output
+#: projection, the MLP's activation and second Linear with its first. The splits, bookkeeping, go unnamed
+#: in a box's title (their operation still has its line).
+_JOIN = {"split_query": "query", "split_key": "key", "split_value": "value", "merge_heads": "context",
+         "query_residual": "output", "mlp_act": "mlp_dense1", "mlp_dense2": "mlp_dense1"}
+_UNNAMED = ("split_query", "split_key", "split_value")
+
+#: Where HF throws a mask away: (mask step, the step whose note says so, the words on the edge).
+_DROPS = (("masks/attention_bias", "cross/inputs_mask", "ignored"),
+          ("masks/head_mask_5d", "cross/softmax", "not passed"),
+          ("masks/inputs_mask", "decoder/softmax", "dropped"))
+
+_PRETTY = (("->", "→"), ("key^T", "keyᵀ"), ("E^T", "Eᵀ"), (" x ", " × "), ("x head_mask", "× head_mask"))
 
 
 def pretty(text: str) -> str:
-    """ASCII operators of the shape trace, written the way a lecture slide would write them."""
+    """The trace's ASCII operators as a slide writes them: ``->`` as →, ``x`` as ×, ``sqrt(12)`` as √12."""
     for ascii_text, nice in _PRETTY:
         text = text.replace(ascii_text, nice)
-    if "√(" in text:  # √(12) -> √12
-        head, _, tail = text.partition("√(")
-        number, _, rest = tail.partition(")")
-        text = f"{head}√{number}{rest}"
-    return text
+    head, sqrt, tail = text.partition("sqrt(")
+    return f"{head}√{tail.replace(')', '', 1)}" if sqrt else text
 
 
-def default_detail(config: "PerceiverConfig", unroll: bool = False) -> str:
+def default_detail(config: PerceiverConfig, unroll: bool = False) -> str:
     """``op`` while the drawing has at most 8 layers, ``layer`` beyond (language-perceiver has 27)."""
-    layers = 1 + config.num_self_attends_per_block * (config.num_blocks if unroll else 1)
-    return "op" if layers <= 8 else "layer"
+    return "op" if 1 + drawn_self_layers(config, unroll) <= 8 else "layer"
 
 
-def drawn_self_layers(config: "PerceiverConfig", unroll: bool) -> int:
+def drawn_self_layers(config: PerceiverConfig, unroll: bool) -> int:
     """How many self-attention layers a drawing shows: S rolled, num_blocks x S unrolled."""
     return config.num_self_attends_per_block * (config.num_blocks if unroll else 1)
 
 
-def build_encoder_graph(
-    config: "PerceiverConfig",
-    *,
-    detail: Optional[str] = None,
-    unroll: bool = False,
-    batch: Dim = "B",
-    seq_len: Dim = "M",
-    masks: bool = True,
-    name: str = "",
-    compact: Optional[bool] = None,
-) -> Graph:
+def build_encoder_graph(config: PerceiverConfig, *, detail: Optional[str] = None, unroll: bool = False,
+                        batch: Dim = "B", seq_len: Dim = "M", masks: bool = True, name: str = "",
+                        compact: Optional[bool] = None) -> Graph:
     """The encoder of ``config`` (HF ``PerceiverModel``) as a :class:`~npperceiver.viz.graph.Graph`.
 
-    Parameters
-    ----------
-    detail : "op" (every operation) or "layer" (one box per PerceiverLayer); None picks
-        :func:`default_detail`.
-    unroll : draw every one of the ``num_blocks`` applications of the self-attention block.
-    batch, seq_len : sizes for B and M, or letters to keep them symbolic.
-    masks : draw the three masks (and the notes about them).
-    name : what the title calls the config (a file name or preset name).
-    compact : draw the latent mask and head_mask once into the block; None: when more than
-        :data:`COMPACT_LAYERS` self-attention layers are drawn.
+    ``detail``: "op" (a box per operation) or "layer" (a table per PerceiverLayer); None picks
+    :func:`default_detail`. ``unroll``: draw every application of the self-attention block. ``batch``,
+    ``seq_len``: sizes for B and M, or letters to keep them symbolic. ``masks``: draw the three masks.
+    ``name``: what the title calls the config. ``compact``: the latent mask and head_mask enter each block
+    once; None: when more than :data:`COMPACT_LAYERS` self-attention layers are drawn.
     """
     detail = default_detail(config, unroll) if detail is None else detail
-    _check_detail(detail)
     steps = encoder_steps(config, batch=batch, seq_len=seq_len)
     return _Builder(config, steps, "encoder", detail, unroll, masks, compact, name).build()
 
 
-def build_mlm_graph(
-    config: "PerceiverConfig",
-    *,
-    detail: str = "layer",
-    unroll: bool = False,
-    batch: Dim = "B",
-    seq_len: Dim = "M",
-    masks: bool = True,
-    name: str = "",
-    compact: Optional[bool] = None,
-) -> Graph:
-    """The masked language model of ``config`` (HF ``PerceiverForMaskedLM``) as a graph.
-
-    The encoder drawing extended with the text preprocessor, the decoder's output queries and its
-    cross-attention to the latents, and the embedding decoder; options as :func:`build_encoder_graph`.
-    ``ValueError`` if the config does not suit the MLM (``d_model`` must be divisible by 8).
-    """
-    _check_detail(detail)
+def build_mlm_graph(config: PerceiverConfig, *, detail: str = "layer", unroll: bool = False, batch: Dim = "B",
+                    seq_len: Dim = "M", masks: bool = True, name: str = "", compact: Optional[bool] = None) -> Graph:
+    """The masked language model of ``config`` (HF ``PerceiverForMaskedLM``) as a graph: the encoder
+    drawing with the text preprocessor, the decoder's output queries and cross-attention to the latents,
+    and the embedding decoder. Options as :func:`build_encoder_graph`; ``ValueError`` if the config does not
+    suit the MLM."""
     steps = mlm_steps(config, batch=batch, seq_len=seq_len)
     return _Builder(config, steps, "mlm", detail, unroll, masks, compact, name).build()
-
-
-def _check_detail(detail: str) -> None:
-    if detail not in DETAILS:
-        raise ValueError(f"detail must be one of {', '.join(DETAILS)}, got {detail!r}")
 
 
 def _plural(n: int, word: str) -> str:
@@ -147,510 +107,218 @@ def _plural(n: int, word: str) -> str:
 
 
 class _Builder:
-    def __init__(self, config, steps: list[Step], model: str, detail: str, unroll: bool, masks: bool,
-                 compact: Optional[bool], name: str):
-        self.cfg, self.model, self.detail, self.unroll, self.masks, self.name = (
-            config, model, detail, unroll, masks, name)
-        if not unroll:  # the block is drawn once: keep its first application, whose output is the result
+    def __init__(self, config: PerceiverConfig, steps: list[Step], model: str, detail: str, unroll: bool,
+                 masks: bool, compact: Optional[bool], name: str):
+        if detail not in DETAILS:
+            raise ValueError(f"detail must be one of {', '.join(DETAILS)}, got {detail!r}")
+        if not unroll:  # the block drawn once: its first application, whose output stands for the last
             kept = [s for s in steps if s.block in (None, 0)]
-            kept_ids = {s.id for s in kept}
-            block_output = [s for s in kept if s.block == 0][-1].id
-            steps = [replace(s, inputs=tuple(i if i in kept_ids else block_output for i in s.inputs)) for s in kept]
-        self.steps = steps
-        self.by_id = {s.id: s for s in steps}
+            out = [s for s in kept if s.block == 0][-1].id
+            ids = {s.id for s in kept}
+            steps = [replace(s, inputs=tuple(i if i in ids else out for i in s.inputs)) for s in kept]
+        self.cfg, self.model, self.detail, self.unroll, self.masks = config, model, detail, unroll, masks
+        self.name = name
+        self.steps, self.by_id = steps, {s.id: s for s in steps}
         self.compact = drawn_self_layers(config, unroll) > COMPACT_LAYERS if compact is None else compact
         self.g = Graph()
-        self.drawn_as: dict[str, str] = {}  # step id -> id of the node that shows it
-        self.column: dict[str, int] = {}  # node id -> layout column of its layer (layers only)
-        self.reached: dict[str, list[tuple[str, str]]] = {}  # compact: mask step -> [(node, label)] it reaches
-        self.top = "cluster_perceiver" if model == "mlm" else None  # where the model's parts go
+        self.drawn_as: dict[str, str] = {}  # step id -> id of the box showing it
+        self.reached: dict[tuple[str, str], list[tuple[str, str]]] = {}  # compact: (mask, block) -> its edges
 
-    # ------------------------------------------------------------------ ids
     def node_id(self, step_id: str) -> str:
         """Rolled drawings call block 0's layers ``self0``, ``self1``; unrolled ones keep ``block1/self0``."""
-        if not self.unroll and step_id.startswith("block0/"):
-            return step_id[len("block0/"):]
-        return step_id
+        return step_id[len("block0/"):] if not self.unroll and step_id.startswith("block0/") else step_id
 
-    def layer_scope(self, s: Step) -> str:
-        """``cross``, ``decoder``, ``self0`` (rolled) or ``block1/self0`` (unrolled)."""
-        return self.node_id(s.scope)
-
-    @staticmethod
-    def cluster_id(scope: str) -> str:
-        return "cluster_" + scope.replace("/", "_")
-
-    # ------------------------------------------------------------------ the whole graph
     def build(self) -> Graph:
         g = self.g
-        g.title, g.subtitle = self.title()
-        if self.model == "mlm":
-            g.add_cluster(Cluster("cluster_perceiver", "perceiver", role="model",
-                                  lines=("PerceiverModel with a text preprocessor and a decoder",)))
-        column = 0
+        g.title, g.subtitle, g.detail = *self.title(), self.detail
         for scope, group in groupby(self.steps, key=lambda s: s.scope):
             group = list(group)
-            if scope == "text":
-                self.text_preprocessor(group)
-            elif scope == "inputs":
-                self.sources(group)
-            elif scope == "masks":
-                if self.masks:
-                    self.mask_sources(group)
+            if _is_layer(scope):
+                self.layer(group, self.block_cluster(group[0]))
             elif scope == "output":
-                self.output(group[0])
-            elif scope == "decoder_query":
-                self.decoder_query(group)
-            elif scope == "embedding_decoder":
-                self.embedding_decoder(group)
-            else:  # a PerceiverLayer: cross, block{b}/self{i} or decoder
-                self.layer_cluster(group[0])
-                if self.detail == "op":
-                    self.layer_ops(group, column)
-                else:
-                    self.layer_box(group, column)
-                column += 1
-        if self.masks:
-            self.compact_mask_edges()
-            self.mask_notes()
-        self.loop_edge()
-        g.layout = self.layout()
-        shown: dict[str, list[str]] = {}
-        for step_id, node_id in self.drawn_as.items():
-            shown.setdefault(node_id, []).append(step_id)
-        for node_id, node in list(g.nodes.items()):  # record which steps each node shows, and its shape
-            steps = tuple(shown.get(node_id, node.steps))
-            shape = node.shape or (format_shape(self.by_id[steps[-1]].shape) if steps else "")
-            g.nodes[node_id] = replace(node, steps=steps, shape=shape)
+                for s in group:
+                    self.box(s.id, [s], None)
+            elif scope != "masks" or self.masks:  # the inputs, the masks, the decoder's queries, ...
+                self.group(group)
+        for s in self.steps:
+            self.edges_into(s)
+        self.compact_edges()
+        self.dropped_edges()
+        if not self.unroll and self.cfg.num_blocks > 1:  # the block's output goes round into its first layer
+            block = [s for s in self.steps if s.block == 0]
+            g.add_edge(Edge(self.drawn_as[block[-1].id], self.drawn_as[block[0].id], "loop",
+                            format_shape(block[-1].shape)))
         g.validate()
         return g
 
     def title(self) -> tuple[str, tuple[str, ...]]:
-        cfg = self.cfg
-        c, s = cfg.cross_attention, cfg.self_attention
+        cfg, c, s = self.cfg, self.cfg.cross_attention, self.cfg.self_attention
         S, NB = cfg.num_self_attends_per_block, cfg.num_blocks
         name = f" · {self.name}" if self.name else ""
-        how = f"{self.detail} detail, {'unrolled' if self.unroll else 'rolled'}"
+        how = f"{self.detail} detail, {'unrolled' if self.unroll else 'rolled'} · transformers 4.57.6"
         sizes = (f"N = {cfg.num_latents} latents × D = {cfg.d_latents} · inputs of C = {cfg.d_model} channels · "
+                 f"{cfg.hidden_act}",
                  f"cross-attention {_plural(c.num_heads, 'head')} · self-attention {S} × {NB} = "
-                 f"{_plural(S * NB, 'layer')} applied, {_plural(s.num_heads, 'head')} · {cfg.hidden_act}")
+                 f"{_plural(S * NB, 'layer')} applied, {_plural(s.num_heads, 'head')}")
         if self.model == "mlm":
             return (f"Perceiver IO masked language model{name}",
-                    (f"PerceiverForMaskedLM · V = {cfg.vocab_size} tokens · P = {cfg.max_position_embeddings} "
-                     f"positions · B batch, M tokens · {how} · transformers 4.57.6",
-                     sizes))
-        return (f"Perceiver encoder{name}",
-                (f"PerceiverModel · B batch, M inputs · {how} · transformers 4.57.6", sizes))
+                    (f"PerceiverForMaskedLM · B batch, M tokens · {how}",
+                     f"V = {cfg.vocab_size} tokens · P = {cfg.max_position_embeddings} positions", *sizes))
+        return f"Perceiver encoder{name}", (f"PerceiverModel · B batch, M inputs · {how}", *sizes)
 
-    # ------------------------------------------------------------------ nodes and edges
-    def add(self, s: Step, node: Node, column: Optional[int] = None) -> None:
-        """Add ``node`` if new, and record that it shows step ``s``."""
-        if node.id not in self.g.nodes:
-            self.g.add_node(node)
-        self.drawn_as[s.id] = node.id
-        if column is not None:
-            self.column[node.id] = column
+    # ------------------------------------------------------------------ clusters
+    def block_cluster(self, s: Step) -> Optional[str]:
+        """The cluster of the layer's self-attention block (None for a cross-attention), made on first use.
+        Unrolled with several blocks, the blocks stand in one cluster of their own."""
+        if s.block is None:
+            return None
+        NB = self.cfg.num_blocks
+        outer = "cluster_blocks" if self.unroll and NB > 1 else None
+        cid = f"cluster_block{s.block}" if self.unroll else "cluster_block"
+        for c, parent, b in ((outer, None, None), (cid, outer, s.block if self.unroll else None)):
+            if c is not None and c not in self.g.clusters:
+                title, _, what = block_title(self.cfg, b if c != outer else None).partition(": ")
+                self.g.add_cluster(Cluster(c, title, (what,) if what else (), parent, "block", block=b))
+        return cid
 
-    def step_node(self, s: Step, cluster: Optional[str], label: Optional[str] = None, lines=None, **kw) -> None:
-        """A node showing one step of the trace, its kind from the step's."""
-        kind = {"input": "tensor", "output": "tensor", "parameter": "parameter", "op": "operation",
-                "mask": "mask"}[s.kind]
-        lines = (pretty(s.op),) if lines is None else lines
-        self.add(s, Node(self.node_id(s.id), kind, pretty(label or s.name), lines, cluster, module=s.module, **kw))
-
-    def described_steps(self, steps: list[Step], cluster: str, text: dict, **kw) -> None:
-        """Draw each step with the label and lines ``text[step.id]`` gives it, and the edges into it.
-        Each keyword maps step ids to a node attribute (``mask=MASK_FAMILY``: each mask node's family)."""
+    # ------------------------------------------------------------------ boxes
+    def box(self, node_id: str, steps: list[Step], cluster: Optional[str], label: Optional[str] = None,
+            lines: Optional[tuple] = None) -> str:
+        """A box showing ``steps``, worded by the trace: the first step's name (or ``label``), each step's
+        operation (or ``lines``) and the notes; the shape of the last step."""
+        kind = {"input": "tensor", "output": "tensor", "parameter": "parameter", "mask": "mask"}.get(
+            steps[0].kind, "operation")
+        source = next((s.mask_source for s in steps if s.mask_source), None)
+        family = MASK_FAMILY.get(steps[0].id, MASK_FAMILY.get(source))
+        notes = tuple(pretty(s.note) for s in steps if s.note and (self.masks or "mask" not in s.note))
+        self.g.add_node(Node(node_id, kind, pretty(steps[0].name if label is None else label),
+                             tuple(pretty(s.op) for s in steps) if lines is None else lines,
+                             format_shape(steps[-1].shape), cluster, family, notes, steps[0].module,
+                             tuple(s.id for s in steps)))
         for s in steps:
-            label, lines = text[s.id]
-            self.step_node(s, cluster, label, lines, **{attr: by_id[s.id] for attr, by_id in kw.items()})
-            self.edges_into(s)
+            self.drawn_as[s.id] = node_id
+        return node_id
 
-    def edges_into(self, s: Step, rename: Optional[dict] = None, residuals: bool = True) -> None:
-        """Edges into the node showing step ``s``: its data, its residual and (when drawn) its mask.
+    def group(self, steps: list[Step]) -> None:
+        """A group of steps that is not a layer (the inputs, the masks, the text preprocessor, ...): a table
+        titled by the trace, a box per step. The latents come before the inputs, as the query side comes
+        before the keys and values; each mask stands beside what it becomes (op detail: above it); the text
+        preprocessor shows what it is given over what it computes."""
+        by_name = {s.id.rsplit("/", 1)[1]: s.id for s in steps}
+        boxes = {s.id: self.box(s.id, [s], None) for s in steps}
+        rows = {"inputs": [["latents"], ["embeddings", "inputs"]],
+                "text": [["input_ids"], ["embeddings", "token_embeddings"], ["position_embeddings", "inputs"]],
+                "decoder_query": [["output_position_encodings"], ["queries"]],
+                "masks": [["attention_mask", "inputs_mask"], ["latent_mask", "attention_bias"],
+                          ["head_mask", "head_mask_5d"]]}.get(steps[0].scope, [list(by_name)])
+        if steps[0].scope == "masks" and self.detail == "op":  # above what it becomes, not beside it
+            rows = [list(r) for r in zip(*rows)]
+        rows = [[boxes[by_name[n]] for n in row if n in by_name] for row in rows]
+        title, _, what = scope_title(steps[0], self.cfg, self.model).partition(": ")
+        self.g.add_node(Node(f"{steps[0].scope}/group", "table", title, (what,) if what else (),
+                             parts=tuple(tuple(r) for r in rows if r)))
 
-        ``rename`` maps step ids to nodes that stand for them here (a layer's input node). Edges inside
-        one node (a layer box, an MLP box) are not drawn; an edge from one layout column to the next is
-        marked ``wrap``. In the compact form the latent mask and head_mask are only recorded here, and
-        drawn once per mask by :meth:`compact_mask_edges`.
+    def layer(self, steps: list[Step], block: Optional[str]) -> None:
+        """A PerceiverLayer as one table, titled by the trace, its parts the boxes of its steps, row by row.
+
+        The first row is where the layer reads its input: the query side (layernorm1, query) and, in a
+        cross-attention, the key/value side beside it. Op detail: then a box per operation (the three
+        projections side by side; steps joined as :data:`_JOIN` says). Layer detail: the runs of steps
+        between the masks, each mask a box of its own; beyond :data:`ROW_LAYERS` self-attention layers, all
+        in one row, each run named by its first and last step. Without masks, a step that applies one is
+        drawn as its input's box.
         """
-        g, head = self.g, self.drawn_as[s.id]
-        rename = rename or {}
-        existing = {(e.tail, e.head, e.kind) for e in g.edges_into(head)}
+        scope, op = self.node_id(steps[0].scope), self.detail == "op"
+        one_row = not op and steps[0].layer is not None and drawn_self_layers(self.cfg, self.unroll) > ROW_LAYERS
+        what = lambda s: s.id.rsplit("/", 1)[1]  # noqa: E731
+        kv_side = ("layernorm2", "key", "value") if any(what(s) == "layernorm2" for s in steps) else ()
+        shown = [s for s in steps if s.mask is None or self.masks]
+        head = [s for s in shown if what(s) in ("layernorm1", "layernorm2", "query", "key", "value")]
+        rest = shown if one_row else [s for s in shown if s not in head]
+        if op:  # the layernorms, the three projections, then a row per operation
+            rows = [[[s] for s in head if what(s).startswith("layernorm")],
+                    [[s] for s in head if not what(s).startswith("layernorm")]]
+            for s in rest:
+                if what(s) in _JOIN:
+                    next(b for r in rows for b in r if what(b[0]) == _JOIN[what(s)]).append(s)
+                else:
+                    rows.append([[s]])
+        else:  # the two sides, then the runs between the masks
+            runs: list[list[Step]] = []
+            for s in rest:
+                if runs and s.mask is None and runs[-1][-1].mask is None:
+                    runs[-1].append(s)
+                else:
+                    runs.append([s])
+            rows = [runs] if one_row else [[[s for s in head if (what(s) in kv_side) == k] for k in (False, True)],
+                                           *[[run] for run in runs]]
 
-        def edge(src: str, kind: str, label: str = "", mask: Optional[str] = None, remark: str = "") -> None:
-            tail = rename.get(src, self.drawn_as[src])
-            if tail == head or (tail, head, kind) in existing:
-                return
-            existing.add((tail, head, kind))
-            wrap = tail in self.column and head in self.column and self.column[tail] != self.column[head]
-            g.add_edge(Edge(tail, head, kind, label, mask=mask, wrap=wrap, remark=remark))
+        def box(run: list[Step]) -> str:
+            names = [s.name for s in run if s.id.rsplit("/", 1)[1] not in _UNNAMED]
+            label = (f"{names[0]} … {names[-1]}" if one_row and len(names) > 2 else
+                     ", ".join(names) if op else " · ".join(names))
+            return self.box(f"{scope}/{run[0].id.rsplit('/', 1)[1]}", run, block, label, None if op else ())
+
+        parts = [[box(run) for run in row if run] for row in rows]
+        for s in steps:
+            if s.mask is not None and not self.masks:
+                self.drawn_as[s.id] = self.drawn_as[s.inputs[0]]
+        title, _, doing = scope_title(steps[0], self.cfg, self.model, rolled=not self.unroll,
+                                      masks=self.masks).partition(": ")
+        self.g.add_node(Node(f"{scope}/layer", "table", title, () if one_row else (doing,), cluster=block,
+                             module=steps[0].module.split(".attention")[0], parts=tuple(map(tuple, parts))))
+
+    # ------------------------------------------------------------------ edges
+    def edges_into(self, s: Step) -> None:
+        """Edges into the box showing ``s``: its data, its residual and its mask; none inside one box, one per
+        array that flows. Compact mask edges are gathered for :meth:`compact_edges`."""
+        if s.id not in self.drawn_as:
+            return
+        g, head = self.g, self.drawn_as[s.id]
+
+        def edge(src: str, kind: str, label: str, **kw) -> None:
+            tail = self.drawn_as[src]
+            if tail != head and not any((e.tail, e.kind, e.label) == (tail, kind, label) for e in g.edges_into(head)):
+                g.add_edge(Edge(tail, head, kind, label, **kw))
 
         for src in s.inputs:
-            remark = ""
-            edge(src, "mask" if src in MASK_FAMILY else "data", format_shape(self.by_id[src].shape),
-                 MASK_FAMILY.get(src), remark)
-        if s.residual is not None and residuals:
-            edge(s.residual, "residual")
-        if s.mask_source is not None and self.masks:
-            if self.compact and s.mask_source in ("masks/attention_bias", "masks/head_mask_5d"):
-                self.reached.setdefault(s.mask_source, []).append((head, self.mask_label(s)))
+            if src in self.drawn_as:
+                mask = MASK_FAMILY.get(src)
+                edge(src, "mask" if mask else "data", format_shape(self.by_id[src].shape), mask=mask)
+        if s.residual is not None:
+            edge(s.residual, "residual", format_shape(self.by_id[s.residual].shape))
+        if s.mask_source in self.drawn_as and s.mask is not None:
+            label = self.mask_label(s)
+            block = ([None, *g.ancestors(g.nodes[head].cluster)])[-1]  # the outermost block frame
+            if self.compact and block and s.mask_source != "masks/inputs_mask":
+                self.reached.setdefault((s.mask_source, block), []).append((head, label))
             else:
-                edge(s.mask_source, "mask", self.mask_label(s), MASK_FAMILY[s.mask_source])
+                edge(s.mask_source, "mask", label, mask=MASK_FAMILY[s.mask_source],
+                     remark=f"row {s.layer}" if s.mask.startswith("head_mask") else "")
 
     def mask_label(self, s: Step) -> str:
-        src = self.by_id[s.mask_source]
-        if s.mask.startswith("head_mask"):
-            return f"{s.mask} {format_shape(src.shape[1:])}"
-        return f"{s.mask} {format_shape(src.shape)}"
+        shape = self.by_id[s.mask_source].shape
+        return f"{s.mask} {format_shape(shape[1:] if s.mask.startswith('head_mask') else shape)}"
 
-    # ------------------------------------------------------------------ sources
-    def text_preprocessor(self, steps: list[Step]) -> None:
-        """MLM: input_ids -> token embedding lookup -> + position embeddings (HF PerceiverTextPreprocessor)."""
-        self.g.add_cluster(Cluster("cluster_text", "perceiver.input_preprocessor", self.top, role="inputs",
-                                   lines=("PerceiverTextPreprocessor",)))
-        V, P, C = self.cfg.vocab_size, self.cfg.max_position_embeddings, self.cfg.d_model
-        text = {
-            "text/input_ids": ("input_ids", ("token ids: [CLS] bytes [SEP] [PAD]…",)),
-            "text/embeddings": ("embeddings", (f"token embedding E: {V} tokens × {C}",
-                                               "also the output layer: embedding_decoder uses Eᵀ")),
-            "text/token_embeddings": ("E[input_ids]", ("one row of E per token",)),
-            "text/position_embeddings": ("position_embeddings", (f"{P} positions × {C}",)),
-            "text/inputs": ("+ position_embeddings[:M]", ("position m added to token m",)),
-        }
-        self.described_steps(steps, "cluster_text", text)
+    def compact_edges(self) -> None:
+        """Compact form: the latent mask and head_mask each drawn once into each block they reach."""
+        S, NB = self.cfg.num_self_attends_per_block, self.cfg.num_blocks
+        for (src, block), each in self.reached.items():
+            if src == "masks/head_mask_5d":
+                remark = "row i → layer i" + (" of every block" if NB > 1 else "")
+            else:
+                remark = f"added in each of the {_plural(len(each), 'layer')}"
+            self.g.add_edge(Edge(src, each[0][0], "mask", each[0][1], mask=MASK_FAMILY[src], into=block,
+                                 each=tuple(each), remark=remark))
 
-    def sources(self, steps: list[Step]) -> None:
-        mlm = self.model == "mlm"
-        self.g.add_cluster(Cluster("cluster_inputs", "perceiver.embeddings" if mlm else "inputs and latents",
-                                   self.top, role="inputs", lines=("the latent array",) if mlm else ()))
-        N, D = self.cfg.num_latents, self.cfg.d_latents
-        text = {
-            "inputs/inputs": ("inputs", ("the input array",)),
-            "inputs/latents": ("embeddings.latents", (f"learned: {N} latents × {D}",)),
-            "inputs/embeddings": ("expand to batch", ("the same latents for every row",)),
-        }
-        self.described_steps(steps, "cluster_inputs", text)
-
-    def mask_sources(self, steps: list[Step]) -> None:
-        mlm = self.model == "mlm"
-        label = "the masks" if mlm else "the three masks"
-        self.g.add_cluster(Cluster("cluster_masks", label, self.top, role="masks",
-                                   lines=("as PerceiverModel.forward prepares them",)))
-        text = {
-            "masks/attention_mask": ("attention_mask", ("over the inputs · 1 keeps, 0 drops",)),
-            "masks/inputs_mask": ("inputs_mask", ("invert_attention_mask: 1 → 0, 0 → float32 min",)),
-            "masks/latent_mask": ("latent_mask", ("over the latents · 1 keeps, 0 drops",)),
-            "masks/attention_bias": ("the encoder's attention_mask", ("invert_attention_mask: 1 → 0, 0 → float32 min",)),
-            "masks/head_mask": ("head_mask", ("per layer and head · multiplies",)),
-            "masks/head_mask_5d": ("get_head_mask", ("one row per layer",)),
-        }
-        if mlm:
-            text["masks/attention_mask"] = ("attention_mask", ("padding: 1 keeps a token, 0 drops it",))
-        self.described_steps(steps, "cluster_masks", text, mask=MASK_FAMILY)
-        given = [s.id for s in steps if not s.inputs]
-        if "masks/latent_mask" not in given:  # else mask_notes sets the row, with the note in it
-            self.g.rows.append(tuple(self.drawn_as[i] for i in given))  # the masks as given, side by side
-
-    def mask_notes(self) -> None:
-        """Notes where HF drops a mask, tied to the place it is dropped."""
-        g, cfg = self.g, self.cfg
-        S, L = cfg.num_self_attends_per_block, cfg.num_self_attention_layers
-        if "masks/latent_mask" in self.by_id:
-            g.add_node(Node("masks/latent_mask_note", "note", "HF: PerceiverModel never passes it",
-                            ("its encoder gets attention_mask=None",), "cluster_masks"))
-            g.add_edge(Edge("masks/latent_mask", "masks/latent_mask_note", "note"))
-        if L > S:
-            unread = f"rows {S}…{L - 1}" if L - S > 1 else f"row {S}"
-            g.add_node(Node("masks/head_mask_note", "note", f"HF: {unread} never read",
-                            (f"layer i of every block reads row i",), "cluster_masks"))
-            g.add_edge(Edge("masks/head_mask_5d", "masks/head_mask_note", "note"))
-        dropped = (["the latent mask: inputs_mask replaces it"] if "masks/latent_mask" in self.by_id else [])
-        dropped.append("head_mask: not passed (None)")
-        g.add_node(Node("cross/dropped_masks", "note", f"HF drops {'two masks' if len(dropped) > 1 else 'a mask'} here:",
-                        tuple(dropped), "cluster_cross"))
-        if "masks/attention_bias" in self.by_id:
-            g.add_edge(Edge("masks/attention_bias", "cross/dropped_masks", "mask", "ignored", mask="attention_mask",
-                            dropped=True))
-        g.add_edge(Edge("masks/head_mask_5d", "cross/dropped_masks", "mask", "not passed", mask="head_mask",
-                        dropped=True))
-        g.bottoms.append("cross/dropped_masks")  # under the layer, where the dropped masks can reach it
-        if self.model == "mlm":
-            g.add_node(Node("decoder/no_mask", "note", "the decoder gets no mask: HF drops query_mask",
-                            ("HF passes the inverted attention_mask as query_mask;",
-                             "its cross-attention takes inputs_mask=None instead"), "cluster_decoder_attention"))
-            g.add_edge(Edge("masks/inputs_mask", "decoder/no_mask", "mask", "query_mask", mask="inputs_mask",
-                            dropped=True))
-            g.bottoms.append("decoder/no_mask")
-        # each note beside the mask it is about
-        if "masks/latent_mask_note" in g.nodes:
-            g.rows.append(("masks/attention_mask", "masks/latent_mask", "masks/latent_mask_note", "masks/head_mask"))
-        if "masks/head_mask_note" in g.nodes:
-            g.rows.append(tuple(n for n in ("masks/inputs_mask", "masks/attention_bias", "masks/head_mask_5d",
-                                            "masks/head_mask_note") if n in g.nodes))
-
-    def compact_mask_edges(self) -> None:
-        """Compact form: the latent mask and head_mask drawn once each, into the cluster of the layers."""
-        if not self.reached:
-            return
-        into = "cluster_blocks" if self.unroll else "cluster_block"
-        NB, S = self.cfg.num_blocks, self.cfg.num_self_attends_per_block
-        L = NB * S
-        every = f"each of the {_plural(S, 'layer')}" + (" of every block" if self.unroll and NB > 1 else "")
-        if "masks/attention_bias" in self.reached:
-            shape = format_shape(self.by_id["masks/attention_bias"].shape)
-            each = tuple(self.reached["masks/attention_bias"])
-            self.g.add_edge(Edge("masks/attention_bias", each[0][0], "mask", each[0][1], mask="attention_mask",
-                                 into=into, each=each, remark=f"attention_mask {shape}: added in {every}"))
-        if "masks/head_mask_5d" in self.reached:
-            each = tuple(self.reached["masks/head_mask_5d"])
-            unread = f" (rows ≥ {S} never read)" if L > S else ""
-            where = " of every block" if NB > 1 else ""
-            self.g.add_edge(Edge("masks/head_mask_5d", each[0][0], "mask", each[0][1], mask="head_mask",
-                                 into=into, each=each, remark=f"head_mask: row i → layer i{where}{unread}"))
-
-    # ------------------------------------------------------------------ layers
-    def layer_cluster(self, first: Step) -> None:
-        cfg, g = self.cfg, self.g
-        if first.scope == "cross":
-            d = cfg.cross_attention
-            g.add_cluster(Cluster("cluster_encoder", "encoder", self.top, role="encoder", lines=("PerceiverEncoder",)))
-            lines = (f"latents attend to the inputs · {_plural(d.num_heads, 'head')}",)
-            g.add_cluster(Cluster("cluster_cross", "encoder.cross_attention", "cluster_encoder", role="cross",
-                                  lines=lines if self.detail == "op" else ()))  # a layer's box says it already
-            return
-        if first.scope == "decoder":
-            lines = ("output queries attend to the latents · 8 heads",)
-            g.add_cluster(Cluster("cluster_decoder_attention", "decoder.decoding_cross_attention", "cluster_decoder",
-                                  role="decoder", lines=lines if self.detail == "op" else ()))
-            return
-        b, i, NB, S = first.block, first.layer, cfg.num_blocks, cfg.num_self_attends_per_block
-        d = cfg.self_attention
-        if self.unroll:
-            parent = "cluster_encoder"
-            if NB > 1 or self.compact:
-                parent = "cluster_blocks"
-                if parent not in g.clusters:
-                    g.add_cluster(Cluster(parent, f"encoder.self_attends · {_plural(NB, 'block')} of {S}",
-                                          "cluster_encoder", role="blocks",
-                                          lines=("the same weights in every block",)))
-            block_id = f"cluster_block{b}"
-            if block_id not in g.clusters:
-                g.add_cluster(Cluster(block_id, f"self-attention block, application {b + 1} of {NB}", parent,
-                                      role="block", block=b, lines=self.block_lines()))
-        else:
-            block_id = "cluster_block"
-            if block_id not in g.clusters:
-                title = f"self-attention block × {NB}" if NB > 1 else "self-attention block"
-                g.add_cluster(Cluster(block_id, title, "cluster_encoder", role="block", lines=self.block_lines()))
-        g.add_cluster(Cluster(self.cluster_id(self.layer_scope(first)), f"encoder.self_attends.{i}", parent=block_id,
-                              role="self", block=b if self.unroll else None, layer=i,
-                              lines=(f"latents attend to latents · {_plural(d.num_heads, 'head')}",)))
-
-    def block_lines(self) -> tuple[str, ...]:
-        """What the block's label says: shared weights; in the compact layer drawing, what every layer does."""
-        NB = self.cfg.num_blocks
-        lines = []
-        if not self.unroll:
-            lines.append(f"num_blocks = {NB}, the same weights each time" if NB > 1 else "num_blocks = 1")
-        if self.compact and self.detail == "layer":
-            lines += ["every layer, the same way with its own weights:",
-                      *self.layer_lines(self.cfg.self_attention, "self", layer="i")]
-        return tuple(lines)
-
-    def layer_lines(self, d, kind: str, layer="") -> tuple[str, ...]:
-        """The lines that say what one PerceiverLayer computes, with this config's widths."""
-        cfg = self.cfg
-        who = {"cross": "latents attend to the inputs", "self": "latents attend to latents",
-               "decoder": "output queries attend to the latents"}[kind]
-        added = {"cross": " + inputs_mask", "self": " + attention_mask" if self.has_latent_mask() else "",
-                 "decoder": ""}[kind] if self.masks else ""
-        scaled = f"q·kᵀ/√{d.qk_head_dim}{added}"
-        head = f" × head_mask[{layer}]" if kind == "self" and self.masks else ""
-        per_head = (f"{d.qk_head_dim} per head" if d.qk_head_dim == d.v_head_dim
-                    else f"per head: q, k {d.qk_head_dim}, v {d.v_head_dim}")
-        if d.kv_dim == d.q_dim and d.qk_channels == d.v_channels:
-            proj = f"q, k, v {d.q_dim} → {d.qk_channels}"
-        else:
-            proj = f"q {d.q_dim} → {d.qk_channels} · k, v {d.kv_dim} → {d.qk_channels}, {d.v_channels}"
-        residual = "+ query residual" if d.use_query_residual else "no query residual"
-        return (
-            f"{who} · {_plural(d.num_heads, 'head')}",
-            f"{proj} · {per_head}",
-            f"softmax({scaled}){head} @ v" + (" · no mask" if kind == "decoder" and self.masks else ""),
-            f"output {d.v_channels} → {d.output_channels} · {residual}",
-            f"LayerNorm · MLP {d.q_dim} → {d.mlp_hidden} → {d.q_dim} ({cfg.hidden_act}) · + residual",
-        )
-
-    def has_latent_mask(self) -> bool:
-        return "masks/latent_mask" in self.by_id
-
-    def layer_ops(self, steps: list[Step], column: int) -> None:
-        """The operations of one layer. A projection and its split into heads share a box, as do the MLP's
-        two Linears and activation, and the product with the values and the merge of the heads; a
-        self-attention layer starts from a node for its input."""
-        g = self.g
-        scope = self.layer_scope(steps[0])
-        cluster = self.layer_cluster_id(steps[0])
-        by_name = {s.id.rsplit("/", 1)[1]: s for s in steps}
-        rename = {}
-        if steps[0].layer is not None:  # the layer's input: the previous layer's output
-            hidden = by_name["layernorm1"].inputs[0]
-            node_id = f"{scope}/input"
-            g.add_node(Node(node_id, "tensor", "hidden_states", (), cluster, module="hidden_states", steps=(hidden,)))
-            self.column[node_id] = column
-            g.add_edge(Edge(self.drawn_as[hidden], node_id, "data", format_shape(self.by_id[hidden].shape),
-                            wrap=self.column.get(self.drawn_as[hidden], column) != column))
-            rename[hidden] = node_id
-        dims = self.dims(steps[0])
-        for s in steps:
-            what = s.id.rsplit("/", 1)[1]
-            if s.mask is not None and not self.masks:  # without masks, a mask step is its input
-                self.drawn_as[s.id] = self.drawn_as[s.inputs[0]]
-                continue
-            group = _GROUPS.get(what)
-            if group is not None and f"{scope}/{group}" in g.nodes:  # a later step of a box
-                self.drawn_as[s.id] = f"{scope}/{group}"
-                continue
-            mask = MASK_FAMILY[s.mask_source] if s.mask is not None else None
-            title, lines, module = pretty(s.name), (pretty(s.op),), s.module
-            if what in ("query", "key", "value"):
-                split = by_name[f"split_{what}"]
-                lines = (pretty(f"{s.op.replace('Linear ', '')} · {split.shape[1]} heads x {split.shape[-1]}"),)
-            elif what == "context":
-                title = "@ value, merge heads"
-                lines = (f"probabilities @ value · {dims.num_heads} heads × {dims.v_head_dim} → {dims.v_channels}",)
-            elif what == "output":
-                if "query_residual" in by_name:
-                    title = "output.dense, + query residual"
-                    lines = (f"Linear {dims.v_channels} → {dims.output_channels}, + the layer input",)
-                else:
-                    lines = (f"Linear {dims.v_channels} → {dims.output_channels} · no query residual",)
-            elif what == "mlp_dense1":
-                title, module = "mlp", s.module.rsplit(".", 1)[0]
-                lines = (f"{dims.q_dim} → {dims.mlp_hidden} → {dims.q_dim} · {self.cfg.hidden_act}"
-                         f" · widening × {dims.widening_factor}",)
-                self.add(s, Node(f"{scope}/mlp", "operation", title, lines, cluster, module=module), column)
-                continue
-            self.add(s, Node(self.node_id(s.id), "operation", title, lines, cluster, mask=mask, module=module),
-                     column)
-        for s in steps:
-            if s.mask is None or self.masks:
-                self.edges_into(s, rename)
-        qkv = tuple(self.drawn_as[by_name[w].id] for w in ("query", "key", "value"))
-        self.g.rows.append(qkv)
-        if "layernorm2" in by_name:
-            self.g.rows.append((self.drawn_as[by_name["layernorm1"].id], self.drawn_as[by_name["layernorm2"].id]))
-
-    def dims(self, s: Step):
-        if s.scope == "cross":
-            return self.cfg.cross_attention
-        if s.scope == "decoder":
-            return decoder_attention_dims(self.cfg)
-        return self.cfg.self_attention
-
-    def layer_cluster_id(self, s: Step) -> str:
-        return "cluster_decoder_attention" if s.scope == "decoder" else self.cluster_id(self.layer_scope(s))
-
-    def layer_box(self, steps: list[Step], column: int) -> None:
-        """One box for the whole PerceiverLayer; the masks enter the box."""
-        first = steps[0]
-        scope = self.layer_scope(first)
-        kind = {"cross": "cross", "decoder": "decoder"}.get(first.scope, "self")
-        d = self.dims(first)
-        if kind == "self" and self.compact:  # what every layer does is said once, on the block
-            marks = (["+ attention_mask"] if self.has_latent_mask() else []) + [f"× head_mask[{first.layer}]"]
-            lines = (" · ".join(marks),) if self.masks else ()
-        else:
-            lines = self.layer_lines(d, kind, layer=first.layer)
-        module = first.module.split(".attention")[0]
-        title = {"cross": "cross-attention", "decoder": "decoding cross-attention"}.get(
-            kind, f"encoder.self_attends.{first.layer}")
-        node = Node(f"{scope}/layer", "operation", title, lines, self.layer_cluster_id(first), module=module)
-        for s in steps:
-            self.add(s, node, column)
-        for s in steps:  # a layer's residuals add its own input back: inside the box, not drawn
-            self.edges_into(s, residuals=False)
-
-    def loop_edge(self) -> None:
-        """Rolled with num_blocks > 1: the block's output goes back into its first layer, num_blocks - 1 times."""
-        NB = self.cfg.num_blocks
-        if self.unroll or NB == 1:
-            return
-        block = [s for s in self.steps if s.block == 0]
-        start = f"{self.node_id(block[0].scope)}/input"  # op detail: the first layer's input node
-        first = start if start in self.g.nodes else self.drawn_as[block[0].id]
-        last = self.drawn_as[block[-1].id]
-        self.g.add_edge(Edge(last, first, "loop", format_shape(block[-1].shape)))
-
-    def layout(self) -> list[list[list[str]]]:
-        """The pieces of the picture: sources and masks on top, the layers below, then what comes out.
-
-        Op detail: a column per layer. Layer detail: the layers stacked in one column, or, beyond
-        :data:`LAYERS_PER_COLUMN`, the cross-attention in a column of its own and the self-attention
-        layers in as few columns as that allows, split between blocks where it can.
-        """
-        g = self.g
-        present = lambda ids: [[i] for i in ids if i in g.clusters or i in g.nodes]  # noqa: E731
-        sources = present(["cluster_text", "cluster_inputs", "cluster_masks"])
-        layers = [c.id for c in g.clusters.values() if c.role in ("cross", "self")]
-        if self.detail == "op":
-            encoder = [[c] for c in layers]
-        elif len(layers) - 1 <= LAYERS_PER_COLUMN:
-            encoder = [layers]
-        else:
-            selfs = layers[1:]
-            S = self.cfg.num_self_attends_per_block
-            unit = S if self.unroll and S <= LAYERS_PER_COLUMN else 1  # whole blocks in a column, if they fit
-            units = [selfs[k:k + unit] for k in range(0, len(selfs), unit)]
-            count = -(-len(selfs) // LAYERS_PER_COLUMN)
-            sizes = [len(units) // count + (k >= count - len(units) % count) for k in range(count)]  # longest last
-            encoder, start = [[layers[0]]], 0
-            for size in sizes:
-                encoder.append([layer for u in units[start:start + size] for layer in u])
-                start += size
-        encoder[-1] = encoder[-1] + ["last_hidden_state"]
-        if self.model == "mlm":  # the decoder beside the encoder, reading its output; the logits below
-            decoder = [n.id for n in g.nodes_in("cluster_decoder")] + ["cluster_decoder_attention"]
-            return [sources, encoder + [decoder], [["cluster_embedding_decoder", "logits"]]]
-        return [sources, encoder]
-
-    # ------------------------------------------------------------------ outputs and the MLM's decoder
-    def output(self, s: Step) -> None:
-        node_id = s.id.split("/", 1)[1]
-        lines = {"output/last_hidden_state": ("the encoded latents",),
-                 "output/logits": ("a score per token at each of the P positions",)}[s.id]
-        cluster = "cluster_encoder" if s.id == "output/last_hidden_state" else None  # PerceiverEncoder returns it
-        self.add(s, Node(node_id, "tensor", node_id, lines, cluster, module=s.module))
-        self.edges_into(s)
-
-    def decoder_query(self, steps: list[Step]) -> None:
-        self.g.add_cluster(Cluster("cluster_decoder", "perceiver.decoder", self.top, role="decoder_module",
-                                   lines=("PerceiverBasicDecoder",)))
-        P, C = self.cfg.max_position_embeddings, self.cfg.d_model
-        text = {
-            "decoder_query/output_position_encodings": ("output_position_encodings",
-                                                        (f"learned output queries: {P} × {C}",)),
-            "decoder_query/queries": ("decoder_query: expand to batch", ("the same queries whatever the input",)),
-        }
-        self.described_steps(steps, "cluster_decoder", text)
-
-    def embedding_decoder(self, steps: list[Step]) -> None:
-        self.g.add_cluster(Cluster("cluster_embedding_decoder", "embedding_decoder", None, role="embedding_decoder",
-                                   lines=("PerceiverEmbeddingDecoder",)))
-        V = self.cfg.vocab_size
-        text = {
-            "embedding_decoder/bias": ("bias", (f"one per token: {V}",)),
-            "embedding_decoder/logits": ("@ Eᵀ + bias", ("E: the preprocessor's token embedding (tied)",)),
-        }
-        self.described_steps(steps, "cluster_embedding_decoder", text)
+    def dropped_edges(self) -> None:
+        """Where HF throws a mask away: a dropped edge to the step whose note says so."""
+        for src, at, words in _DROPS:
+            if src in self.drawn_as and at in self.drawn_as:
+                self.g.add_edge(Edge(src, self.drawn_as[at], "mask", self.by_id[src].name, mask=MASK_FAMILY[src],
+                                     dropped=True, remark=words))
 
 
-#: In op detail, steps drawn in the box of an earlier step: the split into heads goes with its projection,
-#: the merge of the heads with the product by the values, the query residual with the output projection,
-#: and the MLP's Linears and activation make one box.
-_GROUPS = {"split_query": "query", "split_key": "key", "split_value": "value", "merge_heads": "context",
-           "query_residual": "output", "mlp_act": "mlp", "mlp_dense2": "mlp"}
-
-#: In the layer-detail drawing, how many self-attention layers stack in one column before the next column.
-LAYERS_PER_COLUMN = 13
+def _is_layer(scope: str) -> bool:
+    """Whether a scope of the trace is a PerceiverLayer: cross, decoder, block{b}/self{i}."""
+    return scope in ("cross", "decoder") or "/self" in scope

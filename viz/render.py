@@ -1,425 +1,384 @@
-"""Graph model -> Graphviz DOT -> SVG/PNG/PDF.
+"""Graph model -> Graphviz DOT -> SVG, PNG or PDF, laid out by Graphviz's own ``dot``.
 
-:func:`to_dot` needs the ``graphviz`` Python package (imported lazily, so building and testing graph
-models needs nothing): plain DOT, which any Graphviz lays out by itself (``--format dot``, the golden
-files). :func:`layout_dot` needs Graphviz's ``dot`` program as well: it places every node, box and edge
-itself (:mod:`npperceiver.viz.layout`), so the picture is the same on every Graphviz version, and :func:`render` draws
-it.
+This module owns every style and the markup of every label; the words come from the graph, and so from
+the trace. :func:`to_dot` writes plain DOT text (no Graphviz program needed): what ``--format dot`` writes,
+what the golden files hold, and exactly what :func:`render` hands to ``dot -T<format>``, so every format
+shows the same picture.
 
-Every colour, shape and font lives in :data:`STYLE`, and the legend is drawn from it, so the legend cannot
-disagree with the drawing. The title and a three-row legend head the picture; each box shows its name and
-the shape it outputs; edges carry no shape labels (their tooltip has it), only words where they say
-something a box cannot, such as "added in each of the 26 layers" on a mask drawn once into a block.
+``dot`` is reliable at ranks: it puts the layers one under the other in the order they run. What it may
+get wrong, on some versions, is the left-to-right order of separate things side by side (Graphviz 2.42
+and 2.43 mirror side-by-side groups). So whatever stands side by side is one node: each table of the
+model (a layer, its three projections, the masks) is one HTML-like label whose parts are ports, and the
+tables that read nothing (the inputs, the masks, ...) are sections of one node on top, :data:`BAND`.
 """
 
 from __future__ import annotations
 
 import html
 import shutil
+import signal
+import subprocess
+import textwrap
+import xml.etree.ElementTree as ET
 from typing import Optional
 
-from .graph import Graph, Node
+from .graph import Cluster, Edge, Graph, Node
 
 FONT = "Helvetica,Arial,sans-serif"
+#: Point sizes: at 96 dpi a point is 1.33 px, so the smallest text (9 pt) is 12 px tall.
+TITLE_SIZE, SUBTITLE_SIZE, TEXT_SIZE, SMALL_SIZE = 17, 10, 10, 9
+GREY, SHAPE_COLOR, NOTE_COLOR = "#555555", "#2F6DB0", "#7A5C00"
 
-#: Point sizes: at Graphviz's 96 dpi a point is 1.33 pixels, so the smallest text (9 pt) is 12 px tall.
-TITLE_SIZE, SUBTITLE_SIZE, NODE_SIZE, LINE_SIZE = 17, 10, 10, 9
-
-#: The one table of styles: nodes by kind, edges by kind, masks by family, clusters by role.
-STYLE: dict[str, dict] = {
-    "graph": dict(rankdir="TB", newrank="true", compound="true", nodesep="0.12", ranksep="0.1", fontname=FONT,
-                  fontsize="12", labelloc="t", labeljust="l", pad="0.12", bgcolor="white",
-                  outputorder="edgesfirst"),
+#: The one table of styles: the graph, boxes by kind, edges by kind, masks by family, the block's frame.
+STYLE: dict = {
+    "graph": dict(rankdir="TB", newrank="true", compound="true", nodesep="0.25", ranksep="0.12",
+                  fontname=FONT, fontsize=str(TEXT_SIZE), labelloc="t", labeljust="l", pad="0.15", bgcolor="white"),
+    "node_defaults": dict(fontname=FONT, fontsize=str(TEXT_SIZE), margin="0.05,0.02", height="0.2", width="0.3",
+                          penwidth="1.2"),
+    "edge_defaults": dict(fontname=FONT, fontsize=str(SMALL_SIZE), arrowsize="0.7", labeldistance="2.5",
+                          labelangle="-25"),
     "node": {
         "tensor": dict(shape="box", style="rounded,filled,bold", fillcolor="#DCEBFA", color="#2F6DB0"),
         "parameter": dict(shape="cylinder", style="filled", fillcolor="#FFF1C7", color="#B8860B"),
         "operation": dict(shape="box", style="rounded,filled", fillcolor="#FFFFFF", color="#7A7A7A"),
-        "mask": dict(shape="box", style="filled,dashed,bold", fillcolor="#FFFFFF"),
-        "note": dict(shape="note", style="filled", fillcolor="#FFFBE6", color="#C9B458", fontcolor="#5A4A00"),
+        "mask": dict(shape="box", style="rounded,filled,dashed", fillcolor="#FFFFFF", color="#7A7A7A"),
+        "table": dict(shape="plain", style="rounded", fillcolor="#F4F4F4", color="#9A9A9A"),
     },
-    "node_defaults": dict(fontname=FONT, fontsize=str(NODE_SIZE), margin="0.06,0.025", height="0.2", width="0.3",
-                          penwidth="1.2"),
     "edge": {
-        "data": dict(color="#3C3C3C", fontcolor="#3C3C3C", penwidth="1.2", arrowsize="0.7"),
-        "residual": dict(color="#2F6DB0", style="solid", penwidth="1.4", arrowhead="onormal", arrowsize="0.8"),
-        "loop": dict(color="#2F6DB0", fontcolor="#2F6DB0", style="bold", penwidth="1.8", arrowsize="0.8",
-                     constraint="false"),
-        "mask": dict(style="dashed", penwidth="1.8", arrowsize="0.8"),
-        "dropped": dict(style="dotted", penwidth="1.8", arrowhead="tee", arrowsize="0.9"),
-        "note": dict(style="dotted", color="#C9B458", arrowhead="none", constraint="false"),
+        "data": dict(color="#3C3C3C", penwidth="1.2"),
+        "loop": dict(color="#2F6DB0", fontcolor="#2F6DB0", penwidth="2.2", constraint="false"),
+        "mask": dict(style="dashed", penwidth="1.6", weight="0"),
+        "dropped": dict(style="dotted", penwidth="1.6", arrowhead="tee", weight="0"),
+        "compact": dict(style="dashed", penwidth="2.6", weight="0"),
     },
-    "edge_defaults": dict(fontname=FONT, fontsize=str(LINE_SIZE)),
-    #: One colour per mask, used by its sources, its edges and the operation that applies it
-    #: (Okabe-Ito colours: distinguishable with colour-blindness and in grey).
-    "mask": {
-        "inputs_mask": dict(color="#D55E00", fill="#FCE6D8"),
-        "attention_mask": dict(color="#009E73", fill="#D9F2EA"),
-        "head_mask": dict(color="#CC79A7", fill="#F7E3EF"),
-    },
-    "shape_color": "#2F6DB0",  # the output shape in each box
-    "cluster": {
-        "inputs": dict(style="rounded,filled", fillcolor="#F4F8FC", color="#9DB7D5"),
-        "masks": dict(style="rounded,filled", fillcolor="#FBFBFB", color="#BBBBBB"),
-        "model": dict(style="rounded", color="#CCCCCC", penwidth="1.0"),
-        "encoder": dict(style="rounded", color="#999999", penwidth="1.0"),
-        "cross": dict(style="rounded,filled", fillcolor="#FFF6EF", color="#D55E00", penwidth="1.6"),
-        "blocks": dict(style="rounded", color="#009E73", penwidth="1.0"),
-        "block": dict(style="rounded,dashed", color="#009E73", penwidth="1.6"),
-        "self": dict(style="rounded,filled", fillcolor="#F1FAF6", color="#6FBFA3"),
-        "decoder_module": dict(style="rounded", color="#999999", penwidth="1.0"),
-        "decoder": dict(style="rounded,filled", fillcolor="#F3F0FA", color="#7B68B5", penwidth="1.6"),
-        "embedding_decoder": dict(style="rounded,filled", fillcolor="#F4F8FC", color="#9DB7D5"),
-    },
-    "cluster_defaults": dict(fontname=FONT, fontsize=str(NODE_SIZE), labeljust="l", margin="6"),
+    #: One colour per mask family, for its sources, its edges and the steps applying it (Okabe-Ito colours,
+    #: told apart with colour-blindness and in grey).
+    "mask": {"inputs_mask": dict(color="#D55E00", fill="#FCE6D8"),
+             "attention_mask": dict(color="#009E73", fill="#D9F2EA"),
+             "head_mask": dict(color="#CC79A7", fill="#F7E3EF")},
+    "cluster": {"block": dict(fontname=FONT, fontsize=str(TEXT_SIZE), labeljust="l", margin="8", style="rounded",
+                              color="#2F6DB0", penwidth="2.2")},
 }
 
-#: What the legend says about each style: (node kind, mask family or None, text).
-LEGEND_NODES = (
-    ("tensor", None, "tensor"),
-    ("parameter", None, "learned weights"),
-    ("operation", None, "operation"),
-    ("mask", None, "mask"),
-    ("operation", "inputs_mask", "a mask acts here"),
-    ("note", None, "HF drops a mask"),
+#: What the legend says about each style, in order: (what, style key, mask family or None, text).
+LEGEND = (
+    ("node", "tensor", None, "tensor"), ("node", "parameter", None, "learned weights"),
+    ("node", "operation", None, "operation"), ("node", "mask", None, "mask"),
+    ("node", "operation", "inputs_mask", "a mask acts here"),
+    ("node", "table", None, "a module: its steps"),
+    ("cluster", "block", None, "self-attention block: same weights each time"),
+    ("edge", "data", None, "data"),
+    ("edge", "loop", None, "block applied again"), ("edge", "dropped", None, "HF drops the mask here"),
+    ("edge", "compact", None, "into a block: its every layer"),
+    ("edge", "mask", "inputs_mask", "attention_mask → inputs_mask"),
+    ("edge", "mask", "attention_mask", "latent_mask → the encoder's attention_mask"),
+    ("edge", "mask", "head_mask", "head_mask, row i → layer i"),
 )
-#: (edge style, mask family or None, text); "compact" is a mask edge into a cluster (``Edge.into``).
-LEGEND_EDGES = (
-    ("data", None, "data"),
-    ("residual", None, "residual: added back"),
-    ("loop", None, "block applied again"),
-    ("dropped", None, "a mask HF drops"),
-    ("compact", None, "into a block: every layer in it"),
-    ("mask", "inputs_mask", "attention_mask → inputs_mask"),
-    ("mask", "attention_mask", "latent_mask → the encoder's attention_mask"),
-    ("mask", "head_mask", "head_mask"),
-)
-_GLYPHS = {"data": "───▶", "residual": "───▷", "loop": "━━━▶", "mask": "╌╌╌▶", "dropped": "┈┈┈┤",
-           "compact": "╌╌╌▶▢"}
+_GLYPHS = {"data": "──▶", "loop": "━━▶", "mask": "╌╌▶", "dropped": "┈┈┤", "compact": "╍╍▶"}
 
 
 # ---------------------------------------------------------------------------- DOT
 def to_dot(graph: Graph, legend: bool = True) -> str:
-    """The DOT source of ``graph``, deterministic, for any Graphviz to lay out by itself.
+    """The DOT text of ``graph``, deterministic: what ``dot`` lays out and draws, and what ``--format dot``
+    writes."""
+    import graphviz  # lazily: building and testing graph models needs no Graphviz
 
-    This is what ``--format dot`` writes and what the golden files hold: clusters, nodes, edges (compact
-    ones with ``lhead``), the title and legend. Graphviz's own layout of it may order side-by-side
-    clusters differently from version to version; the pictures come from :func:`layout_dot`, which places
-    everything itself.
-    """
-    import graphviz  # lazily: building graphs and testing them needs no Graphviz
-
-    dot = graphviz.Digraph("encoder", graph_attr=dict(STYLE["graph"]), node_attr=dict(STYLE["node_defaults"]),
-                           edge_attr=dict(STYLE["edge_defaults"]))
+    dot = graphviz.Digraph("encoder", graph_attr=STYLE["graph"], node_attr=STYLE["node_defaults"],
+                           edge_attr=STYLE["edge_defaults"])
     dot.attr(label=_title(graph, legend))
-    rows = _rows_by_cluster(graph)
-    _add_clusters(dot, graph, None, False, rows)
-    for node in graph.nodes_in(None):
-        _add_node(dot, node)
-    _add_rows(dot, rows.get(None, []))
-    for edge in graph.edges:
-        dot.edge(edge.tail, edge.head, **_edge_attrs(edge, graph))
+    band = _band(graph)
+    if band:  # the tables reading nothing: sections of one node, side by side, on top
+        sections = "\n".join(f'<TD VALIGN="TOP">{_table_label(graph, graph.nodes[t])[1:-1]}</TD>' for t in band)
+        dot.node(BAND, f'<<TABLE BORDER="0" CELLSPACING="0" CELLPADDING="0"><TR>{sections}</TR></TABLE>>',
+                 shape="plain")
+
+    def fill(parent, cluster_id) -> None:
+        for c in graph.child_clusters(cluster_id):
+            with parent.subgraph(name=c.id) as sub:
+                sub.attr(label=_cluster_label(c), **STYLE["cluster"][c.role])
+                fill(sub, c.id)
+        for n in graph.nodes_in(cluster_id):
+            if n.id not in band:
+                parent.node(n.id, _table_label(graph, n) if n.kind == "table" else _box_label(n), **_node_attrs(n))
+
+    fill(dot, None)
+    tables = _tables(graph)
+    first = next((n.id for n in graph.nodes_in(None) if n.kind == "table" and n.id not in band), None)
+    if band and first:  # the layers under the middle of the band, not under one end of it
+        dot.edge(BAND, first, style="invis", weight="3")
+    for n in graph.nodes_in(None):  # op detail: a result stands beside the layer that makes it, saving a rank
+        made_by = {tables.get(e.tail, e.tail) for e in graph.edges_into(n.id)}
+        if graph.detail == "op" and n.kind != "table" and len(made_by) == 1 and graph.nodes[min(made_by)].label:
+            dot.body.append(f'\t{{rank=same; "{min(made_by)}" "{n.id}"}}\n')
+    for e in (e for e in graph.edges if drawn(graph, e)):
+        bend = e.kind == "data" and tables.get(e.tail) in band and graph.detail != "op"  # room to come down
+        dot.edge(*_ends(graph, e, tables, band), **_edge_attrs(e), **({"minlen": "2"} if bend else {}))
     return dot.source
 
 
-def _rows_by_cluster(graph: Graph) -> dict:
-    """Each row hint, filed under the innermost drawn cluster holding all its nodes (None: top level)."""
-    out: dict = {}
-    for row in graph.rows:
-        chains = [[c for c in graph.ancestors(graph.nodes[n].cluster) if not flattened(graph, c)] for n in row]
-        common = [c for c in chains[0] if all(c in chain for chain in chains[1:])]
-        out.setdefault(common[0] if common else None, []).append(row)
-    return out
+#: The DOT node holding every table that reads nothing (the inputs, the masks, ...), side by side.
+BAND = "@sources"
 
 
-def _add_rows(dot, rows: list) -> None:
-    """Side by side, left to right, on one rank: invisible flat edges in a rank=same subgraph."""
-    for row in rows:
-        with dot.subgraph() as same:
-            same.attr(rank="same")
-            for a, b in zip(row, row[1:]):
-                same.edge(a, b, style="invis")
+def _band(graph: Graph) -> list[str]:
+    """The top-level tables that read nothing, drawn side by side in one node (:data:`BAND`), in order; the
+    masks on the side where they enter the steps applying them (:func:`_mask_side`)."""
+    band = [n for n in graph.nodes_in(None) if n.kind == "table" and not _fed(graph, n)]
+    masks = [n.id for n in band if all(graph.nodes[p].kind == "mask" for row in n.parts for p in row)]
+    others = [n.id for n in band if n.id not in masks]
+    return masks + others if _mask_side(graph) == "w" else others + masks
 
 
-def flattened(graph: Graph, cluster_id: str) -> bool:
-    """A self-attention layer drawn as one box is drawn without its cluster: the box names the module."""
-    c = graph.clusters[cluster_id]
-    return c.role == "self" and len(graph.nodes_in(cluster_id)) == 1 and not graph.child_clusters(cluster_id)
+def _mask_side(graph: Graph) -> str:
+    """Where a mask enters the step applying it: from the left in op detail (a layer's second column
+    stands at the right of its steps), from the right in layer detail."""
+    return "w" if graph.detail == "op" else "e"
 
 
-def _add_clusters(parent, graph: Graph, parent_id: Optional[str], reverse: bool, rows: dict) -> None:
-    """The clusters inside ``parent_id``, with everything they hold (``reverse``: declared backwards)."""
-    order = reversed if reverse else list
-    for cluster in order(graph.child_clusters(parent_id)):
-        if flattened(graph, cluster.id):
-            _add_node(parent, graph.nodes_in(cluster.id)[0])
-            continue
-        with parent.subgraph(name=cluster.id) as sub:
-            attrs = {**STYLE["cluster_defaults"], **STYLE["cluster"].get(cluster.role, {})}
-            sub.attr(label=_cluster_label(cluster.label, cluster.lines), **attrs)
-            _add_clusters(sub, graph, cluster.id, reverse, rows)
-            for node in order(graph.nodes_in(cluster.id)):
-                _add_node(sub, node)
-            _add_rows(sub, rows.get(cluster.id, []))
+def _tables(graph: Graph) -> dict[str, str]:
+    """Part id -> the id of the table holding it."""
+    return {p: t.id for t in graph.nodes.values() for row in t.parts for p in row}
 
 
-def _add_node(dot, node: Node) -> None:
-    dot.node(node.id, **_node_attrs(node))
+def drawn(graph: Graph, e: Edge) -> bool:
+    """Whether the edge is drawn: not inside one table (its rows and arrows say it), and not a residual (it
+    adds a layer's own input back, and the box adding it says so)."""
+    tables = _tables(graph)
+    return tables.get(e.tail, e.tail) != tables.get(e.head, e.head) and e.kind != "residual"
 
 
-def _node_attrs(node: Node) -> dict:
-    attrs = dict(STYLE["node"][node.kind])
-    if node.mask is not None:
-        colors = STYLE["mask"][node.mask]
-        attrs.update(color=colors["color"])
-        if node.kind == "mask":
-            attrs.update(fillcolor=colors["fill"])
-        else:  # the operation that applies a mask: framed in that mask's colour
-            attrs.update(penwidth="2.4", fillcolor=colors["fill"])
-    attrs["label"] = _node_label(node.label, node.shape, node.lines, bold=node.kind != "note")
-    tooltip = " · ".join(x for x in (node.module, node.shape) if x)
-    if tooltip:
-        attrs["tooltip"] = tooltip
-    return attrs
+def _fed(graph: Graph, n: Node) -> bool:
+    """Whether anything flows into the node (a table: into any of its parts) from outside it."""
+    ids = {p for row in n.parts for p in row} or {n.id}
+    return any(e.head in ids and e.tail not in ids for e in graph.edges)
 
 
-def _edge_attrs(edge, graph: Graph) -> dict:
-    kind = "dropped" if edge.dropped else edge.kind
-    attrs = dict(STYLE["edge"][kind])
-    if edge.mask is not None:
-        attrs.update(color=STYLE["mask"][edge.mask]["color"], fontcolor=STYLE["mask"][edge.mask]["color"])
-    if edge.remark:
-        attrs["label"] = f"<{_esc(edge.remark)}>"
-    if edge.label:
-        attrs["tooltip"] = edge.label
-    if edge.into is not None:  # drawn once, into the cluster of all the nodes it reaches
-        attrs.update(lhead=edge.into, penwidth="2.4")
-    if edge.wrap:  # the flow continues at the top of the next column
-        attrs.update(constraint="false")
+def _ends(graph: Graph, e: Edge, tables: dict, band: list) -> tuple[str, str]:
+    """Where an edge starts and ends. A layer's output leaves from its foot; its inputs enter its first row
+    from above; a mask enters the step applying it from one side; a part of the band (:data:`BAND`) leaves
+    from the band's foot, or from its left or right side, when it touches it; the loop goes round on the
+    right."""
+    tail, head = tables.get(e.tail), tables.get(e.head)
+    if e.kind == "loop":
+        return f"{tail}:e", f"{head}:e"
+    if tail is None:
+        start = e.tail
+    elif tail not in band:  # out of a layer: its foot
+        start = tail
+    else:  # out of the band: from its foot, or its left or right side, whichever the part touches
+        rows = graph.nodes[tail].parts
+        row = next(r for r in rows if e.tail in r)
+        side = (":s" if row is rows[-1] else ":w" if tail == band[0] and e.tail == row[0] else
+                ":e" if tail == band[-1] and e.tail == row[-1] else "")
+        start = f"{BAND}:{_port(e.tail)}{side}"
+    if head is None:
+        return start, e.head
+    first = graph.nodes[head].parts[0]
+    return start, f"{head}:{_port(e.head)}:{'n' if e.head in first and not e.into else _mask_side(graph)}"
+
+
+def _port(part_id: str) -> str:
+    """The port of a part: its id with dots for slashes (a layer's parts, or every source's in one node)."""
+    return part_id.replace("/", ".")
+
+
+def _node_attrs(n: Node) -> dict:
+    attrs = {"shape": "plain"} if n.kind == "table" else dict(STYLE["node"][n.kind])
+    if n.mask is not None and n.kind != "table":
+        attrs.update(color=STYLE["mask"][n.mask]["color"], fillcolor=STYLE["mask"][n.mask]["fill"])
+        if n.kind == "operation":  # the step applying a mask: framed in that mask's colour
+            attrs.update(penwidth="2.4")
+    tooltip = " · ".join(x for x in (n.module, n.shape) if x)
+    return {**attrs, **({"tooltip": tooltip} if tooltip else {})}
+
+
+def _edge_attrs(e: Edge) -> dict:
+    """An edge's style; its words by its head (an edge label would double every rank's height). Mask edges
+    weigh nothing: the layers stand under the inputs they read, not pulled towards the masks."""
+    attrs = dict(STYLE["edge"]["dropped" if e.dropped else "compact" if e.into else e.kind])
+    if e.mask is not None:
+        attrs.update(color=STYLE["mask"][e.mask]["color"], fontcolor=STYLE["mask"][e.mask]["color"])
+    if e.remark:  # by the arrow's end; a compact edge's end is inside the block, so by its middle
+        attrs["xlabel" if e.into else "headlabel"] = f"<{_esc(e.remark)}>"
+    if e.into is not None:
+        attrs["lhead"] = e.into
+    if e.label:
+        attrs["tooltip"] = e.label
     return attrs
 
 
 # ---------------------------------------------------------------------------- labels
-def _node_label(title: str, shape: str, lines, bold: bool = True) -> str:
-    """A box's label: the title (and the shape it outputs, right-aligned), then smaller grey lines."""
-    head = f"<B>{_esc(title)}</B>" if bold else _esc(title)
-    if not shape and not lines:
-        return f"<{head}>"
-    rows = [f'<TD ALIGN="LEFT">{head}</TD>']
-    if shape:
-        rows[0] += f'<TD ALIGN="RIGHT">  <FONT COLOR="{STYLE["shape_color"]}">{_esc(shape)}</FONT></TD>'
-    span = ' COLSPAN="2"' if shape else ""
-    for line in lines:
-        rows.append(f'<TD ALIGN="LEFT"{span}><FONT POINT-SIZE="{LINE_SIZE}" COLOR="#555555">{_esc(line)}</FONT></TD>')
-    body = "".join(f"<TR>{r}</TR>" for r in rows)
-    return f'<<TABLE BORDER="0" CELLBORDER="0" CELLSPACING="0" CELLPADDING="0">{body}</TABLE>>'
-
-
-def _cluster_label(title: str, lines, beside: bool = True) -> str:
-    """A cluster's label: the title, its first line beside it (or under it), further lines under it, all
-    left-aligned. The boxes composed around whole columns put every line under the title: a narrow label
-    leaves room for the routes coming down into the box."""
-    head = f"<B>{_esc(title)}</B>"
-    if lines and beside:
-        head += f' <FONT POINT-SIZE="{LINE_SIZE}" COLOR="#555555">· {_esc(lines[0])}</FONT>'
-        lines = lines[1:]
-    if not lines:
-        return f"<{head}>"
-    rows = [head] + [f'<FONT POINT-SIZE="{LINE_SIZE}" COLOR="#555555">{_esc(line)}</FONT>' for line in lines]
-    body = "".join(f'<TR><TD ALIGN="LEFT">{r}</TD></TR>' for r in rows)
-    return f'<<TABLE BORDER="0" CELLBORDER="0" CELLSPACING="0" CELLPADDING="0">{body}</TABLE>>'
-
-
-def _title(graph: Graph, legend: bool = True) -> str:
-    """The title, its subtitle lines, and beside them a legend of the styles the drawing uses."""
-    lines = "".join(f'<BR ALIGN="LEFT"/><FONT POINT-SIZE="{SUBTITLE_SIZE}" COLOR="#444444">{_esc(line)}</FONT>'
-                    for line in graph.subtitle)
-    title = (f'<TD ALIGN="LEFT" VALIGN="TOP"><FONT POINT-SIZE="{TITLE_SIZE}"><B>{_esc(graph.title)}</B></FONT>'
-             f'{lines}<BR ALIGN="LEFT"/></TD>')
-    key = f'<TD ALIGN="LEFT" VALIGN="TOP">{legend_table(graph)}</TD>' if legend else ""
-    return f'<<TABLE BORDER="0" CELLSPACING="0" CELLPADDING="2"><TR>{title}<TD WIDTH="24"></TD>{key}</TR></TABLE>>'
-
-
-def legend_rows(graph: Graph) -> tuple[list, list]:
-    """The legend's node and edge entries for the styles ``graph`` uses, and only those."""
-    used_nodes = {(n.kind, n.mask is not None and n.kind == "operation") for n in graph.nodes.values()}
-    nodes = [row for row in LEGEND_NODES if (row[0], row[1] is not None) in used_nodes]
-    used_edges = set()
-    for e in graph.edges:
-        if e.dropped:
-            used_edges.add(("dropped", None))
-        elif e.into is not None:
-            used_edges.update({("compact", None), ("mask", e.mask)})
-        elif e.kind in ("mask",):
-            used_edges.add(("mask", e.mask))
-        elif e.kind in ("data", "residual", "loop"):
-            used_edges.add((e.kind, None))
-    edges = [row for row in LEGEND_EDGES if (row[0], row[1]) in used_edges]
-    return nodes, edges
-
-
-def legend_table(graph: Graph) -> str:
-    """Two rows: a small box of each node style, then a glyph of each edge style, each with its meaning."""
-    nodes, edges = legend_rows(graph)
-    size = f'POINT-SIZE="{LINE_SIZE}"'
-    node_cells = []
-    for kind, mask, text in nodes:
-        style = STYLE["node"][kind]
-        color, fill = style.get("color", "#000000"), style.get("fillcolor", "#FFFFFF")
-        if mask is not None:
-            color, fill = STYLE["mask"][mask]["color"], STYLE["mask"][mask]["fill"]
-        dashed = ' STYLE="dashed"' if "dashed" in style.get("style", "") else ""
-        if kind == "mask":
-            color, fill = "#555555", "#F4F4F4"
-        node_cells.append(f'<TD BORDER="1" COLOR="{color}" BGCOLOR="{fill}"{dashed} CELLPADDING="2">'
-                          f'<FONT {size}>{_esc(text)}</FONT></TD>')
-    node_cells.append(f'<TD ALIGN="LEFT"><FONT {size}>  in a box: <B>name</B> '
-                      f'<FONT COLOR="{STYLE["shape_color"]}">(its output shape)</FONT></FONT></TD>')
-    edge_items, mask_items = [], []
-    for kind, mask, text in edges:
-        style = STYLE["edge"].get(kind, STYLE["edge"]["mask"])
-        color = STYLE["mask"][mask]["color"] if mask else style.get("color", "#555555")
-        if kind == "compact":
-            color = "#555555"
-        (mask_items if mask else edge_items).append(
-            f'<FONT COLOR="{color}">{_GLYPHS[kind]}</FONT> {_esc(text)}')
-    row = '<TABLE BORDER="0" CELLSPACING="3" CELLPADDING="1"><TR>{}</TR></TABLE>'
-    rows = [row.format("".join(node_cells))]
-    rows += [f'<FONT {size}>' + ("&nbsp;" * 5).join(items) + "</FONT>" for items in (edge_items, mask_items) if items]
-    body = "".join(f'<TR><TD ALIGN="LEFT" CELLPADDING="{0 if k == 0 else 2}">{r}</TD></TR>' for k, r in enumerate(rows))
-    return f'<TABLE BORDER="0" CELLSPACING="0" CELLPADDING="0">{body}</TABLE>'
-
-
 def _esc(text: str) -> str:
     return html.escape(text, quote=False)
 
 
-# ---------------------------------------------------------------------------- the composed layout
-def layout_dot(graph: Graph, legend: bool = True) -> str:
-    """DOT source with every node, cluster and edge placed (see :mod:`npperceiver.viz.layout`), for Graphviz to draw
-    as it is: the pieces in the order ``graph.layout`` gives, the same on every Graphviz version.
-
-    Needs ``dot``; without it, returns :func:`to_dot` (which any Graphviz lays out by itself).
-    """
-    if not dot_available():
-        return to_dot(graph, legend)
-    from .layout import Composer
-
-    comp = Composer(graph, _title(graph, legend), lambda c, composed: _cluster_label(c.label, c.lines, not composed),
-                    lambda text: f"<{_esc(text)}>")
-    comp.plan()
-    comp.layout_pieces(lambda d, piece, add_ports, reverse: _dot_piece(d, graph, piece, add_ports, reverse))
-    comp.assign_lanes()
-    comp.place()
-    routes = comp.route_all()
-    return _positioned(graph, comp, routes, legend)
+def _pack(items, width: int) -> list[str]:
+    """Items joined by " · " into lines of at most ``width`` characters; a longer item is wrapped."""
+    lines: list[str] = []
+    for item in items:
+        if lines and len(lines[-1]) + 3 + len(item) <= width:
+            lines[-1] += " · " + item
+        else:
+            lines += textwrap.wrap(item, width) or [""]
+    return lines
 
 
-def _dot_piece(dot, graph: Graph, piece: str, add_ports, reverse: bool = False) -> None:
-    """One piece for ``dot`` to lay out alone: a node, or a cluster with all it holds (``reverse``: its
-    clusters and nodes declared in reverse order, which mirrors what Graphviz would otherwise mirror)."""
-    if piece in graph.nodes or flattened(graph, piece):
-        _add_node(dot, graph.nodes[piece] if piece in graph.nodes else graph.nodes_in(piece)[0])
-        add_ports(dot)
-        return
-    rows = _rows_by_cluster(graph)
-    cluster = graph.clusters[piece]
-    with dot.subgraph(name=cluster.id) as sub:
-        sub.attr(label=_cluster_label(cluster.label, cluster.lines),
-                 **{**STYLE["cluster_defaults"], **STYLE["cluster"].get(cluster.role, {})})
-        _add_clusters(sub, graph, cluster.id, reverse, rows)
-        for node in (reversed if reverse else list)(graph.nodes_in(cluster.id)):
-            _add_node(sub, node)
-        _add_rows(sub, rows.get(cluster.id, []))
-        bottoms = [n for n in graph.bottoms if graph.within(n, piece)]
-        if bottoms:
-            with sub.subgraph() as low:
-                low.attr(rank="sink")
-                for n in bottoms:
-                    low.node(n)
-        add_ports(sub)
+def _small(lines, color: str = GREY, italic: bool = False) -> str:
+    body = "".join(f'{_esc(line)}&#160;<BR ALIGN="LEFT"/>' for line in lines)  # a space: Graphviz's widths are short
+    if not body:
+        return ""
+    return f'<FONT POINT-SIZE="{SMALL_SIZE}" COLOR="{color}">{f"<I>{body}</I>" if italic else body}</FONT>'
 
 
-def _positioned(graph: Graph, comp, routes: dict, legend: bool) -> str:
-    """The DOT text of the composed layout: positions in points, y upwards, as Graphviz wants them."""
-    import graphviz
+def _rows(n: Node, width: int) -> str:
+    """A box's label rows: its name and, right-aligned, its output shape; what it computes in small grey
+    (after the name when that fits on one line); HF's quirks in italics."""
+    lines = _pack(n.lines, width)
+    head = '<BR ALIGN="LEFT"/>'.join(f"<B>{_esc(t)}</B>" for t in _pack(n.label.split(" · "), width + 16))
+    if len(lines) == 1 and len(n.label) + len(lines[0]) <= width:  # one line: name, then what it computes
+        head += f' <FONT POINT-SIZE="{SMALL_SIZE}" COLOR="{GREY}">{_esc(lines.pop())}</FONT>'
+    shape = (f'<TD ALIGN="RIGHT" VALIGN="TOP"><FONT COLOR="{SHAPE_COLOR}">&#160;&#160;{_esc(n.shape)}&#160;</FONT></TD>'
+             if n.shape else "")
+    rows = [f'<TR><TD ALIGN="LEFT" BALIGN="LEFT">{head}</TD>{shape}</TR>']
+    span = ' COLSPAN="2"' if shape else ""
+    for text, color, italic in ((lines, GREY, False), (_pack(n.notes, width + 8), NOTE_COLOR, True)):
+        if text:
+            rows.append(f'<TR><TD ALIGN="LEFT" BALIGN="LEFT"{span}>{_small(text, color, italic)}</TD></TR>')
+    return "".join(rows)
 
-    from .layout import MARGIN, TITLE, LABEL_PAD
 
-    boxes: dict = {}  # cluster id -> (box, label centre)
-    nodes: dict = {}
-    edges: dict = {}
-    for piece, lay in comp.placed.items():
-        boxes.update(lay.clusters)
-        nodes.update(lay.nodes)
-        edges.update(lay.edges)
-    for c, box in comp.boxes.items():
-        w, h = comp.sizes[c]
-        boxes[c] = (box, (box.x0 + MARGIN + w / 2, box.y0 + LABEL_PAD + h / 2))
-    edges.update(routes)
-    pad = 6.0
-    right = max([b.x1 for b, _ in boxes.values()] + [n.x + n.w / 2 for n in nodes.values()] +
-                [comp.placed[TITLE].w])
-    bottom = max([b.y1 for b, _ in boxes.values()] + [n.bottom for n in nodes.values()])
-    for spline, _ in edges.values():
-        right = max([right] + [x for x, _ in spline.points])
-        bottom = max([bottom] + [y for _, y in spline.points])
-    W, H = right + pad, bottom + pad
-    X = lambda x: f"{x + pad:.2f}"  # noqa: E731
-    Y = lambda y: f"{H - y:.2f}"  # noqa: E731
+def _box_label(n: Node) -> str:
+    return f'<<TABLE BORDER="0" CELLBORDER="0" CELLSPACING="0" CELLPADDING="1">{_rows(n, 56)}</TABLE>>'
 
-    def pos(point) -> str:
-        return f"{X(point[0])},{Y(point[1])}"
 
-    attrs = {k: v for k, v in STYLE["graph"].items() if k not in ("newrank", "compound", "labelloc", "labeljust")}
-    dot = graphviz.Digraph("encoder", graph_attr={**attrs, "bb": f"0,0,{W + pad:.2f},{H:.2f}", "splines": "true"},
-                           node_attr=dict(STYLE["node_defaults"]), edge_attr=dict(STYLE["edge_defaults"]))
-    tw, th = comp.sizes[TITLE]
-    dot.node(TITLE, label=_title(graph, legend), shape="plaintext", margin="0",
-             pos=pos((tw / 2, th / 2)), width=f"{tw / 72:.3f}", height=f"{th / 72:.3f}")
+def _part(n: Node, width: int) -> str:
+    """A part of a table: a box of its own, styled by its kind (and mask), its port named after it."""
+    style = {**STYLE["node"][n.kind], **({} if n.mask is None else {"color": STYLE["mask"][n.mask]["color"],
+                                                                     "fillcolor": STYLE["mask"][n.mask]["fill"]})}
+    border = "2" if n.mask and n.kind == "operation" else "1"
+    dashed = ",dashed" if "dashed" in style["style"] else ""
+    return (f'<TABLE PORT="{_port(n.id)}" STYLE="rounded{dashed}" BORDER="{border}" CELLBORDER="0" CELLSPACING="0" '
+            f'CELLPADDING="1" COLOR="{style["color"]}" BGCOLOR="{style["fillcolor"]}">{_rows(n, width)}</TABLE>')
 
-    def add(parent, parent_id) -> None:
-        for cluster in graph.child_clusters(parent_id):
-            if flattened(graph, cluster.id):
-                place(parent, graph.nodes_in(cluster.id)[0])
-                continue
-            box, lp = boxes[cluster.id]
-            with parent.subgraph(name=cluster.id) as sub:
-                sub.attr(label=_cluster_label(cluster.label, cluster.lines, cluster.id not in comp.boxes),
-                         bb=f"{X(box.x0)},{Y(box.y1)},{X(box.x1)},{Y(box.y0)}",
-                         **{**STYLE["cluster_defaults"], **STYLE["cluster"].get(cluster.role, {})})
-                if lp is not None:
-                    sub.attr(lp=pos(lp))
-                add(sub, cluster.id)
-                for node in graph.nodes_in(cluster.id):
-                    place(sub, node)
 
-    def place(parent, node) -> None:
-        n = nodes[node.id]
-        attrs = _node_attrs(node)
-        parent.node(node.id, pos=pos((n.x, n.y)), width=f"{n.w / 72:.4f}", height=f"{n.h / 72:.4f}", **attrs)
+def _table_label(graph: Graph, t: Node) -> str:
+    """A table: its title, then its parts row by row, side by side, an arrow between neighbours when one
+    feeds the other. When its first row takes inputs from outside (a layer), the title stands at the left
+    of that row, so the inputs can enter from above; a tall table (a layer in op detail) shows the rest
+    of its rows in two columns, read down the left one, then the right one."""
+    first_fed = any(e.head in t.parts[0] and drawn(graph, e) for e in graph.edges)
 
-    add(dot, None)
-    for node in graph.nodes_in(None):
-        place(dot, node)
-    for i, edge in enumerate(graph.edges):
-        spline, lp = edges[i]
-        a = _edge_attrs(edge, graph)
-        for key in ("lhead", "constraint"):
-            a.pop(key, None)
-        text = " ".join(pos(p) for p in spline.points)
-        if spline.end is not None:
-            text = f"e,{pos(spline.end)} {text}"
-        elif a.get("arrowhead") != "none":
-            a["arrowhead"] = "none"
-        a["pos"] = text
-        if lp is not None and "label" in a:
-            a["lp"] = pos(lp)
-        dot.edge(edge.tail, edge.head, id=f"edge{i}", **a)
-    return dot.source
+    def feeds(a, b) -> Optional[Edge]:
+        return next((e for e in graph.edges if (e.tail, e.head) == (a, b)), None)
+
+    def arrow(e: Edge, glyph: str) -> str:
+        return f'<TD><FONT COLOR="{STYLE["mask"][e.mask]["color"] if e.mask else GREY}">{glyph}</FONT></TD>'
+
+    def cells(row) -> str:
+        out = ""
+        for a, b in zip((None, *row), row):
+            if feeds(a, b):
+                out += arrow(feeds(a, b), "▶")
+            width = 70 if first_fed and len(row) == 1 else 40 if first_fed else 46 if graph.detail == "op" else 30
+            out += f"<TD>{_part(graph.nodes[b], width)}</TD>"
+        return out
+
+    def stack(rows, head: str = "") -> str:
+        """Rows one under the other: a grid when all are alike (but in a layer), else each row a table of its
+        own; outside a layer, an arrow down between two rows when each box feeds the one under it."""
+        grid = len({len(r) for r in rows}) == 1 and not head and not first_fed
+        body = ""
+        for above, row in zip((None, *rows), rows):
+            down = [feeds(a, b) for a, b in zip(above or (), row)]
+            if above and all(down) and not first_fed:
+                arrows = "".join(arrow(e, "▼") for e in down)
+                body += f"<TR>{arrows}</TR>" if grid else (f'<TR><TD ALIGN="LEFT"><TABLE BORDER="0" CELLSPACING="0" '
+                                                           f'CELLPADDING="0"><TR>{arrows}</TR></TABLE></TD></TR>')
+            body += (f"<TR>{cells(row)}</TR>\n" if grid else  # a line per row: readable DOT, and diffs
+                     f'<TR><TD ALIGN="LEFT"><TABLE BORDER="0" CELLSPACING="0" CELLPADDING="0"><TR>'
+                     f'{head if above is None else ""}{cells(row)}</TR></TABLE></TD></TR>\n')
+        return f'<TABLE BORDER="0" CELLSPACING="3" CELLPADDING="0">{body}</TABLE>'
+
+    style = STYLE["node"]["table"]
+    heading = '<BR ALIGN="LEFT"/>'.join(_esc(line) for line in textwrap.wrap(t.label, 48))
+    title = f'<B>{heading}</B><BR ALIGN="LEFT"/>{_small(_pack(t.lines, 160 if graph.detail == "op" else 52))}'
+    if first_fed:  # the title beside the first row
+        rest = t.parts[1:]
+        half = (len(rest) + 1) // 2 if len(rest) > 6 else len(rest)
+        columns = "".join(f'<TD VALIGN="TOP">{stack(c)}</TD>' for c in (rest[:half], rest[half:]) if c)
+        head = f'<TD ALIGN="LEFT" BALIGN="LEFT" VALIGN="TOP">{title}</TD>'
+        body = f'<TR><TD ALIGN="LEFT">{stack(t.parts[:1], head)}</TD></TR>'
+        if rest:
+            body += f'<TR><TD><TABLE BORDER="0" CELLSPACING="0" CELLPADDING="0"><TR>{columns}</TR></TABLE></TD></TR>'
+    else:  # the title on top
+        body = f'<TR><TD ALIGN="LEFT" BALIGN="LEFT">{title}</TD></TR><TR><TD>{stack(t.parts)}</TD></TR>'
+    return (f'<<TABLE STYLE="rounded" BORDER="1" COLOR="{style["color"]}" BGCOLOR="{style["fillcolor"]}" '
+            f'CELLBORDER="0" CELLSPACING="0" CELLPADDING="2">{body}</TABLE>>')
+
+
+def _cluster_label(c: Cluster) -> str:
+    """A block's frame: its title and, beside it, what it is."""
+    return f'<<B>{_esc(c.label)}</B> {_small(_pack(c.lines, 100))}>'
+
+
+def _title(graph: Graph, legend: bool) -> str:
+    """The title and subtitle lines, and the legend: beside them in op detail, under them in layer detail."""
+    lines = "".join(f'<FONT POINT-SIZE="{SUBTITLE_SIZE}" COLOR="#444444">{_esc(s)}</FONT><BR ALIGN="LEFT"/>'
+                    for s in graph.subtitle)
+    title = (f'<TD ALIGN="LEFT" VALIGN="TOP" BALIGN="LEFT"><FONT POINT-SIZE="{TITLE_SIZE}"><B>{_esc(graph.title)}'
+             f'</B></FONT><BR ALIGN="LEFT"/>{lines}</TD>')
+    if not legend:
+        return f'<<TABLE BORDER="0" CELLSPACING="0" CELLPADDING="2"><TR>{title}</TR></TABLE>>'
+    key = f'<TD ALIGN="LEFT" VALIGN="TOP">{legend_table(graph)}</TD>'
+    if graph.detail == "op":  # beside the title: the drawing is wide and must stay short
+        return f'<<TABLE BORDER="0" CELLSPACING="0" CELLPADDING="2"><TR>{title}<TD WIDTH="20"></TD>{key}</TR></TABLE>>'
+    return f'<<TABLE BORDER="0" CELLSPACING="0" CELLPADDING="2"><TR>{title}</TR><TR>{key}</TR></TABLE>>'
+
+
+def legend_rows(graph: Graph) -> list[tuple]:
+    """The legend's entries for the styles ``graph`` draws, and only those."""
+    used = {("node", n.kind, None) for n in graph.nodes.values()}
+    used |= {("node", "operation", "inputs_mask") for n in graph.boxes() if n.kind == "operation" and n.mask}
+    for e in (e for e in graph.edges if drawn(graph, e)):
+        style = "dropped" if e.dropped else "compact" if e.into else e.kind
+        used |= {("edge", style, e.mask if style == "mask" else None), ("edge", "mask", e.mask)}
+    used |= {("cluster", c.role, None) for c in graph.clusters.values()}
+    return [row for row in LEGEND if row[:3] in used]
+
+
+def legend_table(graph: Graph) -> str:
+    """The legend, seven to a row (layer detail: three): a small box for each box style and the block's
+    frame, a glyph for each edge style, then what a box shows."""
+    cells = []
+    for what, key, family, text in legend_rows(graph):
+        label = f'<FONT POINT-SIZE="{SMALL_SIZE}">{_esc(text)}</FONT>'
+        if what == "edge":
+            color = STYLE["mask"][family]["color"] if family else STYLE["edge"][key].get("color", GREY)
+            glyph = f'<FONT POINT-SIZE="{SMALL_SIZE}" COLOR="{color}">{_GLYPHS[key]}</FONT>'
+            cells.append(f'<TD ALIGN="LEFT">{glyph} {label}</TD>')
+            continue
+        style = STYLE["node"][key] if what == "node" else STYLE["cluster"][key]
+        color, fill = style.get("color", GREY), style.get("fillcolor", "#FFFFFF")
+        if family is not None:
+            color, fill = STYLE["mask"][family]["color"], STYLE["mask"][family]["fill"]
+        dashed = ' STYLE="dashed"' if "dashed" in style.get("style", "") else ""
+        cells.append(f'<TD BORDER="{2 if what == "cluster" or family else 1}" COLOR="{color}" BGCOLOR="{fill}"'
+                     f'{dashed}>{label}</TD>')
+    per_row = 7 if graph.detail == "op" else 3  # op detail: wide and short; layer detail: narrow
+    rows = "".join(f"<TR>{''.join(cells[i:i + per_row])}</TR>" for i in range(0, len(cells), per_row))
+    key = (f'<TR><TD ALIGN="LEFT" COLSPAN="{per_row}"><FONT POINT-SIZE="{SMALL_SIZE}">in a box: <B>name</B> what it '
+           f'computes <FONT COLOR="{SHAPE_COLOR}">(its output shape)</FONT>, <FONT COLOR="{NOTE_COLOR}"><I>HF\'s '
+           f'quirks</I></FONT></FONT></TD></TR>')
+    return f'<TABLE BORDER="0" CELLSPACING="2" CELLPADDING="1">{rows}{key}</TABLE>'
 
 
 # ---------------------------------------------------------------------------- pictures
 FORMATS = ("svg", "png", "pdf", "dot")
+_MAGIC = {"png": b"\x89PNG\r\n\x1a\n", "pdf": b"%PDF-"}
+
+
+class RenderError(RuntimeError):
+    """Graphviz's ``dot`` is missing, failed, or wrote something that is not a picture (one-line message)."""
 
 
 def dot_available() -> bool:
@@ -428,16 +387,35 @@ def dot_available() -> bool:
 
 
 def render(dot_source: str, fmt: str) -> bytes:
-    """DOT source -> the bytes of an ``fmt`` file ("svg", "png", "pdf"; "dot" returns the source itself).
-
-    Raises ``graphviz.ExecutableNotFound`` without the ``dot`` program.
-    """
+    """DOT text -> the bytes of an ``fmt`` file, laid out and drawn by ``dot -T<fmt>``; "dot" returns the
+    text itself. :class:`RenderError` when ``dot`` is missing, fails, is killed, or writes no picture."""
     if fmt not in FORMATS:
         raise ValueError(f"format must be one of {', '.join(FORMATS)}, got {fmt!r}")
     if fmt == "dot":
         return dot_source.encode("utf-8")
-    import graphviz
+    program = shutil.which("dot")
+    if program is None:
+        raise RenderError("Graphviz's `dot` program is not on PATH")
+    try:
+        done = subprocess.run([program, f"-T{fmt}"], input=dot_source.encode("utf-8"), capture_output=True)
+    except OSError as e:
+        raise RenderError(f"cannot run {program}: {e.strerror or e}") from None
+    said = done.stderr.decode("utf-8", "replace").strip().splitlines()
+    if done.returncode < 0:
+        number = -done.returncode
+        name = signal.Signals(number).name if number in signal.valid_signals() else "unknown"
+        raise RenderError(f"`dot` was killed by signal {number} ({name})")
+    if done.returncode:
+        raise RenderError(f"`dot` failed (exit code {done.returncode})" + (f": {said[0]}" if said else ""))
+    if not _is_picture(done.stdout, fmt):
+        raise RenderError(f"`dot` wrote no {fmt} picture" + (f": {said[0]}" if said else ""))
+    return done.stdout
 
-    if '"@title"' in dot_source and " pos=" in dot_source:  # placed by layout_dot: draw it as it is
-        return graphviz.pipe("neato", fmt, dot_source.encode("utf-8"), neato_no_op=2)
-    return graphviz.Source(dot_source).pipe(format=fmt)
+
+def _is_picture(data: bytes, fmt: str) -> bool:
+    if fmt != "svg":
+        return data.startswith(_MAGIC[fmt])
+    try:
+        return ET.fromstring(data).tag.endswith("svg")
+    except ET.ParseError:
+        return False
