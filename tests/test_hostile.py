@@ -708,6 +708,15 @@ def test_checkpoint_tensors_without_a_numpy_form(tmp_path, make, message):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["model.bin"]
 
 
+def test_a_checkpoint_tensor_named_metadata_is_refused_not_dropped(tmp_path):
+    torch = torch_or_skip()
+    source = tmp_path / "model.bin"
+    torch.save({"__metadata__": torch.zeros(2), "w": torch.ones(2)}, source)
+    assert_clean_error(run("convert-checkpoint", str(source), str(tmp_path / "out.safetensors")),
+                       "cannot store a tensor named '__metadata__' in .safetensors")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["model.bin"]
+
+
 def test_dest_equal_to_source_is_refused(tmp_path):
     torch = torch_or_skip()
     source = tmp_path / "weights.npz"  # a PyTorch checkpoint with an .npz name
