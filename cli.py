@@ -9,10 +9,12 @@ from __future__ import annotations
 
 import os
 import re
+import signal
 import sys
 import tempfile
+import threading
 from pathlib import Path
-from typing import Callable, Optional
+from typing import Callable, Optional, Union
 
 import click
 import numpy as np
@@ -32,7 +34,7 @@ class CliError(click.ClickException):
     """A problem the user can fix: printed as one line, ``error: ...``, exit code 1."""
 
     def show(self, file=None) -> None:
-        click.echo(f"error: {self.format_message()}", err=True)
+        click.echo(f"error: {_one_line(self.format_message())}", err=True)
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -400,10 +402,12 @@ def _check_mlm(config, name: str) -> None:
 
 
 # ============================================================================ the text path: fill-mask, convert-checkpoint
-def _one_line(error: BaseException) -> str:
-    """The first line of an error message (library errors are one line; torch's unpickler's are not)."""
+def _one_line(error: Union[BaseException, str], limit: int = 2000) -> str:
+    """The first line of an error message (library errors are one line; torch's unpickler's are not), cut
+    to ``limit`` characters so that a huge value echoed in a message stays a readable line."""
     lines = str(error).strip().splitlines()
-    return lines[0] if lines else type(error).__name__
+    line = lines[0] if lines else (type(error).__name__ if isinstance(error, BaseException) else "")
+    return line if len(line) <= limit else f"{line[:limit]}... ({len(line) - limit:,} more characters)"
 
 
 def _show_token(token_id: int) -> str:
@@ -420,7 +424,7 @@ def _show_token(token_id: int) -> str:
 @click.option("--config", "config_name", default="language-perceiver", show_default=True, metavar="PATH_OR_PRESET",
               help="A JSON config (an HF config.json works), or a bundled preset; must match the weights.")
 @click.option("--random-init", is_flag=True, help="No weights: a seeded random model (predictions are noise).")
-@click.option("--seed", type=int, default=0, show_default=True, help="Seed for --random-init.")
+@click.option("--seed", type=click.IntRange(min=0), default=0, show_default=True, help="Seed for --random-init.")
 @click.option("--top-k", type=click.IntRange(1, 262), default=5, show_default=True,
               help="Predictions shown per masked byte.")
 def fill_mask(text: str, weights: "str | None", config_name: str, random_init: bool, seed: int, top_k: int) -> None:
@@ -433,9 +437,16 @@ def fill_mask(text: str, weights: "str | None", config_name: str, random_init: b
     """
     if (weights is None) == (not random_init):
         raise click.UsageError("pass exactly one of --weights FILE and --random-init")
+    _check_utf8(text)
     config, name = _load_config(config_name)
     _check_mlm(config, name)
-    tokenizer = npperceiver.PerceiverTokenizer(model_max_length=config.max_position_embeddings)
+    if config.vocab_size != npperceiver.tokenizer.VOCAB_SIZE:
+        raise CliError(
+            f"--config {name}: vocab_size is {config.vocab_size}, but fill-mask reads text with the byte tokenizer, "
+            f"whose {npperceiver.tokenizer.VOCAB_SIZE} ids (6 special tokens + 256 bytes) must be the model's "
+            "vocabulary: set vocab_size to 262"
+        )
+    tokenizer = npperceiver.PerceiverTokenizer()
     input_ids = tokenizer(text)["input_ids"]  # [CLS] bytes [SEP]
     if len(input_ids) > config.max_position_embeddings:
         raise CliError(
@@ -453,16 +464,32 @@ def fill_mask(text: str, weights: "str | None", config_name: str, random_init: b
         spans, filled = npperceiver.text.fill_mask(model, input_ids, top_k=top_k)
     except (OSError, ValueError) as e:
         raise CliError(_one_line(e)) from None
+    except MemoryError:
+        raise CliError(f"out of memory running the model of --config {name}") from None
 
+    lines = []  # everything is worked out before anything is printed: an error never follows partial output
     if random_init:
-        click.echo(f"note: random weights (--random-init, seed {seed}): the predictions are meaningless")
-    click.echo(f"filled: {tokenizer.decode(filled[1:-1])!r}")
+        lines.append(f"note: random weights (--random-init, seed {seed}): the predictions are meaningless")
+    lines.append(f"filled: {tokenizer.decode(filled[1:-1])!r}")
     for n, span in enumerate(spans, 1):
-        click.echo(f"span {n}: input positions {span.start}-{span.stop - 1} ({span.stop - span.start} masked bytes), "
-                   f"greedy {tokenizer.decode(span.greedy_ids)!r}")
+        lines.append(f"span {n}: input positions {span.start}-{span.stop - 1} ({span.stop - span.start} masked "
+                     f"bytes), greedy {tokenizer.decode(span.greedy_ids)!r}")
         for position, ids, probs in zip(range(span.start, span.stop), span.top_ids, span.top_probs):
             choices = "  ".join(f"{_show_token(int(i))} {p:.3f}" for i, p in zip(ids, probs))
-            click.echo(f"  {position:>5}: {choices}")
+            lines.append(f"  {position:>5}: {choices}")
+    click.echo("\n".join(lines))
+
+
+def _check_utf8(text: str) -> None:
+    """TEXT must be valid UTF-8: the model reads its bytes. (Python hands over undecodable bytes of a
+    command line as lone surrogates; they are found here, and the first bad byte is named.)"""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as e:
+        raw = text[:e.start].encode("utf-8", "surrogateescape")
+        bad = text[e.start].encode("utf-8", "surrogateescape")
+        what = f"byte 0x{bad[0]:02x} at byte position {len(raw)}" if len(bad) == 1 else f"character {text[e.start]!r}"
+        raise CliError(f"TEXT is not valid UTF-8 ({what}): the model reads the text's UTF-8 bytes") from None
 
 
 @main.command("convert-checkpoint", short_help="Turn a PyTorch checkpoint into .safetensors or .npz.")
@@ -473,12 +500,17 @@ def convert_checkpoint(source: str, dest: str) -> None:
 
     Needs PyTorch, imported by this command only; the tensors are read with
     torch.load(map_location="cpu", weights_only=True), floats stored as float32, names kept.
+    Sparse, meta-device, quantized and complex tensors are refused, and DEST may not be SOURCE.
     """
     suffix = next((s for s in (".safetensors", ".npz") if dest.endswith(s)), None)
     if suffix is None:
         raise click.BadParameter(f"{dest} must end in .safetensors or .npz", param_hint="DEST")
     if not os.path.isfile(source):
-        raise CliError(f"checkpoint {source} does not exist")
+        raise CliError(f"checkpoint {source} does not exist" if not os.path.exists(source)
+                       else f"checkpoint {source} is not a regular file")
+    if _same_file(source, dest):
+        raise CliError(f"DEST {dest} is SOURCE: writing it would replace the checkpoint being converted; "
+                       "choose another name")
     try:
         import torch
     except ImportError:
@@ -490,13 +522,45 @@ def convert_checkpoint(source: str, dest: str) -> None:
     if not isinstance(state_dict, dict) or not all(
             isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in state_dict.items()):
         raise CliError(f"{source} does not hold a state dict (a mapping of names to tensors)")
-    arrays = {k: (v.detach().float() if v.is_floating_point() else v.detach()).numpy() for k, v in state_dict.items()}
+    arrays = {k: _tensor_to_array(torch, v, f"{source}: tensor {_one_line(repr(k), 200)}") for k, v in state_dict.items()}
 
     try:
         _write(dest, lambda path: npperceiver.save_weights(path, arrays), suffix=suffix)
     except ValueError as e:
         raise CliError(f"cannot write {dest}: {_one_line(e)}") from None
     click.echo(f"wrote {len(arrays)} tensors ({sum(a.size for a in arrays.values()):,} values) to {dest}")
+
+
+def _same_file(a: str, b: str) -> bool:
+    """``a`` and ``b`` name the same file (through a link, ``./``, or another spelling)."""
+    try:
+        return os.path.exists(b) and os.path.samefile(a, b)
+    except OSError:
+        return False
+
+
+def _tensor_to_array(torch, tensor, where: str):
+    """One checkpoint tensor as a numpy array, floats as float32; a :class:`CliError` naming the tensor for
+    what has no faithful numpy form (sparse, meta, quantized, complex tensors, float32 overflow)."""
+    if tensor.layout != torch.strided:
+        raise CliError(f"{where} is {str(tensor.layout).replace('torch.', '')}, not a dense tensor; "
+                       "npperceiver stores dense arrays (save the checkpoint with .to_dense() first)")
+    if tensor.is_meta:
+        raise CliError(f"{where} is on the meta device: it has a shape but no values")
+    if tensor.is_quantized:
+        raise CliError(f"{where} is quantized ({tensor.dtype}); dequantize it first")
+    if tensor.is_complex():
+        raise CliError(f"{where} is complex ({tensor.dtype}); weights are real numbers")
+    tensor = tensor.detach()
+    try:
+        if tensor.is_floating_point():
+            as_float32 = tensor.to(torch.float32)
+            if int(torch.isfinite(as_float32).sum()) != int(torch.isfinite(tensor).sum()):
+                raise CliError(f"{where} holds {tensor.dtype} values beyond float32's range (about 3.4e38)")
+            tensor = as_float32
+        return tensor.cpu().numpy()
+    except (RuntimeError, TypeError) as e:  # a dtype numpy does not have
+        raise CliError(f"{where} cannot be turned into a numpy array: {_one_line(e, 200)}") from None
 
 
 # ---------------------------------------------------------------------------- helpers
@@ -527,30 +591,97 @@ def _load_config(name: str):
 def _write(output: str, data: "bytes | Callable[[str], None]", suffix: str = ".tmp") -> None:
     """Write ``data`` to ``output`` ('-': standard output) through a temporary file in the same folder, then
     move it into place, so a failure never leaves a partial file behind. ``data`` is bytes, or a function
-    that writes the file at the path it is given (``suffix`` then ends the temporary name)."""
+    that writes the file at the path it is given (``suffix`` then ends the temporary name).
+
+    Interrupted writes leave nothing either: Ctrl-C (SIGINT) raises KeyboardInterrupt, and SIGTERM and
+    SIGHUP are caught while the file is written; the temporary file is removed, then the process ends by the
+    same signal. (SIGKILL cannot be caught: it may leave a hidden ``.NAME.XXXXXXXX`` file beside the output.)"""
     if output == "-":
         sys.stdout.buffer.write(data)
         sys.stdout.flush()
         return
+    if not output:
+        raise CliError("the output file name is empty")
+    if output.endswith(("/", os.sep)) or os.path.isdir(output):
+        raise CliError(f"cannot write {output}: it is a folder; give a file name")
     target = Path(output)
     tmp = None
-    try:
-        fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=suffix, dir=target.parent)
-        with os.fdopen(fd, "wb") as f:
-            if isinstance(data, bytes):
-                f.write(data)
-        if not isinstance(data, bytes):
-            data(tmp)
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes it private; an output is an ordinary file
-        os.replace(tmp, target)
-    except BaseException as e:
-        if tmp is not None and os.path.exists(tmp):
-            os.unlink(tmp)
-        if isinstance(e, OSError):
-            raise CliError(f"cannot write {output}: {e.strerror or e}") from None
-        raise
+    with _TerminationSignals() as signals:
+        try:
+            with signals.blocked():  # a signal between creating the file and knowing its name would leak it
+                fd, tmp = tempfile.mkstemp(prefix=f".{target.name[:64]}.", suffix=suffix, dir=target.parent)
+            with os.fdopen(fd, "wb") as f:
+                if isinstance(data, bytes):
+                    f.write(data)
+            if not isinstance(data, bytes):
+                data(tmp)
+            umask = os.umask(0)
+            os.umask(umask)
+            os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes it private; an output is an ordinary file
+            os.replace(tmp, target)
+        except BaseException as e:
+            if tmp is not None and os.path.lexists(tmp):
+                os.unlink(tmp)
+            if isinstance(e, OSError):
+                raise CliError(f"cannot write {output}: {e.strerror or e}") from None
+            raise
+
+
+class _Terminated(BaseException):
+    """SIGTERM or SIGHUP arrived while a file was being written."""
+
+    def __init__(self, signum: int) -> None:
+        super().__init__(signum)
+        self.signum = signum
+
+
+class _TerminationSignals:
+    """While active (main thread only), SIGTERM and SIGHUP raise :class:`_Terminated`, so ``finally`` and
+    ``except`` blocks run; on leaving with one, the previous handlers come back and the signal is sent again,
+    so the process ends as it would have (killed by the signal). Signals ignored before (``nohup``) stay
+    ignored."""
+
+    NAMES = ("SIGTERM", "SIGHUP")
+
+    def __init__(self) -> None:
+        self.previous: dict = {}
+
+    def __enter__(self) -> "_TerminationSignals":
+        if threading.current_thread() is threading.main_thread():
+            for name in self.NAMES:
+                signum = getattr(signal, name, None)
+                if signum is not None and signal.getsignal(signum) is not signal.SIG_IGN:
+                    self.previous[signum] = signal.signal(signum, self._raise)
+        return self
+
+    @staticmethod
+    def _raise(signum: int, frame) -> None:
+        raise _Terminated(signum)
+
+    def __exit__(self, kind, error, traceback) -> None:
+        for signum, handler in self.previous.items():
+            signal.signal(signum, handler if handler is not None else signal.SIG_DFL)
+        if isinstance(error, _Terminated):
+            os.kill(os.getpid(), error.signum)  # the previous disposition acts now: by default, the end
+            raise SystemExit(128 + error.signum)  # reached only if a previous handler returned
+
+    def blocked(self) -> "_BlockedSignals":
+        return _BlockedSignals([*self.previous, signal.SIGINT])
+
+
+class _BlockedSignals:
+    """Hold back the given signals for the duration of a ``with`` (where the system can)."""
+
+    def __init__(self, signums: list) -> None:
+        self.signums, self.mask = signums, None
+
+    def __enter__(self) -> None:
+        if hasattr(signal, "pthread_sigmask") and threading.current_thread() is threading.main_thread():
+            self.mask = signal.pthread_sigmask(signal.SIG_BLOCK, self.signums)
+
+    def __exit__(self, *exc) -> None:
+        if self.mask is not None:
+            signal.pthread_sigmask(signal.SIG_SETMASK, self.mask)
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -16,14 +16,22 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
+import numbers
 import os
+import reprlib
 from dataclasses import dataclass, field
 from typing import Any, Mapping, Optional
+
+import numpy as np
 
 from .dims import AttentionDims
 
 #: Activations the MLP understands, by HF ``hidden_act`` name (``transformers.activations.ACT2FN``).
 SUPPORTED_ACTIVATIONS = ("gelu", "gelu_new", "gelu_pytorch_tanh", "relu", "silu", "swish")
+#: The largest config file read: an HF ``config.json`` is a few KB (a few tens with label names).
+MAX_CONFIG_BYTES = 1 << 20
+#: How deeply :attr:`PerceiverConfig.extras` may nest (HF configs nest two or three levels).
+MAX_EXTRAS_DEPTH = 100
 
 
 @dataclass(frozen=True)
@@ -57,6 +65,7 @@ class PerceiverConfig:
 
     # ------------------------------------------------------------------ validation
     def __post_init__(self) -> None:
+        _normalise_numbers(self)  # numpy scalars (np.int64(16), np.float32(0.02)) -> Python int / float
         positive_ints = (
             "num_latents", "d_latents", "d_model", "num_blocks", "num_self_attends_per_block",
             "num_self_attention_heads", "num_cross_attention_heads", "self_attention_widening_factor",
@@ -69,21 +78,20 @@ class PerceiverConfig:
             if value is not None:
                 _check_positive_int(name, value, extra=" or None")
         if not isinstance(self.use_query_residual, bool):
-            raise ValueError(f"use_query_residual must be a bool, got {self.use_query_residual!r}")
-        if self.hidden_act not in SUPPORTED_ACTIVATIONS:
+            raise ValueError(f"use_query_residual must be a bool, got {_show(self.use_query_residual)}")
+        if not _is_str_in(self.hidden_act, SUPPORTED_ACTIVATIONS):
             raise ValueError(
-                f"hidden_act must be one of {', '.join(SUPPORTED_ACTIVATIONS)}, got {self.hidden_act!r}"
+                f"hidden_act must be one of {', '.join(SUPPORTED_ACTIVATIONS)}, got {_show(self.hidden_act)}"
             )
-        if self.cross_attention_shape_for_attention not in ("q", "kv"):
+        if not _is_str_in(self.cross_attention_shape_for_attention, ("q", "kv")):
             raise ValueError(
                 "cross_attention_shape_for_attention must be 'q' or 'kv', "
-                f"got {self.cross_attention_shape_for_attention!r}"
+                f"got {_show(self.cross_attention_shape_for_attention)}"
             )
         _check_real("attention_probs_dropout_prob", self.attention_probs_dropout_prob, 0.0, 1.0, hi_open=True)
-        _check_real("initializer_range", self.initializer_range, 0.0, math.inf)
-        _check_real("layer_norm_eps", self.layer_norm_eps, 0.0, math.inf, lo_open=True)
-        if not isinstance(self.extras, Mapping):
-            raise ValueError(f"extras must be a mapping, got {type(self.extras).__name__}")
+        _check_real("initializer_range", self.initializer_range, 0.0, math.inf, hi_open=True)
+        _check_real("layer_norm_eps", self.layer_norm_eps, 0.0, math.inf, lo_open=True, hi_open=True)
+        _check_extras(self.extras)
 
         D = self.d_latents
         # HF PerceiverEncoder.__init__: both head counts must divide d_latents (even when the
@@ -156,23 +164,45 @@ class PerceiverConfig:
     # ------------------------------------------------------------------ (de)serialisation
     @classmethod
     def from_dict(cls, config: Mapping[str, Any]) -> "PerceiverConfig":
-        """Build from a mapping such as an HF ``config.json``; unknown keys go to :attr:`extras`."""
+        """Build from a mapping such as an HF ``config.json``; unknown keys go to :attr:`extras`.
+
+        A key ``"extras"`` (a mapping) is merged into :attr:`extras` too. Integers and floats may be Python
+        or numpy numbers."""
         if not isinstance(config, Mapping):
             raise ValueError(f"config must be a mapping of field names to values, got {type(config).__name__}")
         names = {f.name for f in dataclasses.fields(cls)} - {"extras"}
         known = {k: v for k, v in config.items() if k in names}
-        extras = dict(config.get("extras", {}) or {})
+        given = config.get("extras", {})
+        if not isinstance(given, Mapping):
+            raise ValueError(f"extras must be a mapping (a JSON object) of other config keys, "
+                             f"got {type(given).__name__}: {_show(given)}")
+        extras = dict(given)
         extras.update({k: v for k, v in config.items() if k not in names and k != "extras"})
         return cls(**known, extras=extras)
 
     @classmethod
     def from_json(cls, path: "str | os.PathLike[str]") -> "PerceiverConfig":
-        """Read a JSON file (an HF ``config.json`` works as it is)."""
+        """Read a JSON file (an HF ``config.json`` works as it is).
+
+        At most :data:`MAX_CONFIG_BYTES` are read, so a wrong path such as ``/dev/zero`` ends in an error,
+        not in a full memory. A file that cannot be read, is not UTF-8, is not JSON (duplicate names
+        included) or is not a valid config raises a ``ValueError`` naming the file."""
+        where = os.fspath(path)
         try:
-            with open(path, encoding="utf-8") as f:
-                data = json.load(f)
-        except json.JSONDecodeError as e:
-            raise ValueError(f"{os.fspath(path)} is not valid JSON: {e}") from None
+            with open(path, "rb") as f:
+                raw = f.read(MAX_CONFIG_BYTES + 1)
+        except OSError as e:
+            raise ValueError(f"cannot read {where}: {e.strerror or e}") from None
+        if len(raw) > MAX_CONFIG_BYTES:
+            raise ValueError(f"{where} is larger than {MAX_CONFIG_BYTES // 1024} KiB: a config is a small JSON file")
+        try:
+            text = raw.decode("utf-8-sig")  # a byte-order mark, as some editors write, is allowed
+        except UnicodeDecodeError as e:
+            raise ValueError(f"{where} is not UTF-8 text ({e.reason} at byte {e.start})") from None
+        try:
+            data = parse_json(text)
+        except ValueError as e:
+            raise ValueError(f"{where} {e}") from None
         return cls.from_dict(data)
 
     def to_dict(self) -> dict[str, Any]:
@@ -190,22 +220,100 @@ class PerceiverConfig:
         return text
 
 
+# ---------------------------------------------------------------------- JSON
+def parse_json(text: str) -> Any:
+    """``json.loads``, stricter: a name given twice in one object is an error (JSON parsers disagree on
+    which one wins; Python keeps the last, silently), and so is nesting too deep to parse. The
+    ``ValueError`` reads after the name of what was parsed: ``f"{path} {error}"``."""
+    def no_duplicates(pairs: list) -> dict:
+        out = {}
+        for key, value in pairs:
+            if key in out:
+                raise _DuplicateName(f"names {_show(key)} twice in one object")
+            out[key] = value
+        return out
+
+    try:
+        return json.loads(text, object_pairs_hook=no_duplicates)
+    except json.JSONDecodeError as e:
+        raise ValueError(f"is not valid JSON: {e.msg} at line {e.lineno} column {e.colno}") from None
+    except _DuplicateName as e:
+        raise ValueError(str(e)) from None
+    except RecursionError:
+        raise ValueError("is not valid JSON: it is nested too deeply to be read") from None
+    except ValueError as e:  # e.g. an integer of more digits than Python converts
+        raise ValueError(f"is not valid JSON: {_clip(str(e))}") from None
+
+
+class _DuplicateName(ValueError):
+    """A JSON object naming one key twice."""
+
+
 # ---------------------------------------------------------------------- helpers
+def _show(value: Any) -> str:
+    """``repr(value)`` for an error message, kept short: a config may hold a million-character string or
+    lists nested thousands deep, and an error must stay one readable line."""
+    return _clip(reprlib.repr(value), 80)
+
+
+def _clip(text: str, limit: int = 200) -> str:
+    return text if len(text) <= limit else text[:limit - 3] + "..."
+
+
+def _is_str_in(value: Any, options: tuple) -> bool:
+    return isinstance(value, str) and value in options
+
+
+def _normalise_numbers(config: "PerceiverConfig") -> None:
+    """Numpy integers and floats (``np.int64(16)``) become Python ``int`` / ``float``, numpy bools ``bool``:
+    they are the numbers they say, and ``to_json`` can write them."""
+    for f in dataclasses.fields(config):
+        value = getattr(config, f.name)
+        if isinstance(value, (bool, str)) or value is None:
+            continue
+        if isinstance(value, np.bool_):  # not a numbers.Integral
+            object.__setattr__(config, f.name, bool(value))
+        elif isinstance(value, numbers.Integral):
+            object.__setattr__(config, f.name, int(value))
+        elif isinstance(value, numbers.Real):
+            object.__setattr__(config, f.name, float(value))
+
+
 def _check_positive_int(name: str, value: Any, extra: str = "") -> None:
     if isinstance(value, bool) or not isinstance(value, int):
-        raise ValueError(f"{name} must be a positive integer{extra}, got {value!r} ({type(value).__name__})")
+        raise ValueError(f"{name} must be a positive integer{extra}, got {_show(value)} ({type(value).__name__})")
     if value <= 0:
-        raise ValueError(f"{name} must be a positive integer{extra}, got {value}")
+        raise ValueError(f"{name} must be a positive integer{extra}, got {_show(value)}")
 
 
 def _check_real(name: str, value: Any, lo: float, hi: float, lo_open: bool = False, hi_open: bool = False) -> None:
     if isinstance(value, bool) or not isinstance(value, (int, float)) or math.isnan(value):
-        raise ValueError(f"{name} must be a number, got {value!r}")
+        raise ValueError(f"{name} must be a number, got {_show(value)}")
     too_low = value <= lo if lo_open else value < lo
     too_high = value >= hi if hi_open else value > hi
     if too_low or too_high:
         interval = f"{'(' if lo_open else '['}{lo}, {hi}{')' if hi_open else ']'}"
-        raise ValueError(f"{name} must lie in {interval}, got {value}")
+        raise ValueError(f"{name} must lie in {interval}, got {_show(value)}")
+
+
+def _check_extras(extras: Any) -> None:
+    """:attr:`PerceiverConfig.extras`: a mapping with string keys that are not field names (``to_dict`` puts
+    extras beside the fields, so such a key would overwrite one), nested at most MAX_EXTRAS_DEPTH deep."""
+    if not isinstance(extras, Mapping):
+        raise ValueError(f"extras must be a mapping, got {type(extras).__name__}")
+    fields = {f.name for f in dataclasses.fields(PerceiverConfig)}
+    for key in extras:
+        if not isinstance(key, str):
+            raise ValueError(f"extras' keys must be strings (JSON names), got {_show(key)}")
+        if key in fields:
+            raise ValueError(f"extras must not hold {key!r}, a field of the config: set the field itself")
+    stack = [(extras, 1)]  # depth-first, without recursion: nesting cannot exhaust the stack
+    while stack:
+        value, depth = stack.pop()
+        if depth > MAX_EXTRAS_DEPTH:
+            raise ValueError(f"extras are nested more than {MAX_EXTRAS_DEPTH} levels deep")
+        children = value.values() if isinstance(value, Mapping) else value if isinstance(value, (list, tuple)) else ()
+        stack.extend((child, depth + 1) for child in children if isinstance(child, (Mapping, list, tuple)))
 
 
 def _width_source(config: PerceiverConfig, dims: AttentionDims, what: str) -> str:

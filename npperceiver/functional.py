@@ -78,14 +78,34 @@ def layer_norm(x: np.ndarray, weight: np.ndarray, bias: np.ndarray, eps: float =
     One new array of x's shape; the scaling, weight and bias are applied to it in place.
     """
     dim = x.shape[-1]
-    centered = x - row_sum(x) / dim  # (..., dim) - (..., 1): the one new full-size array
-    centered -= row_sum(centered) / dim  # (..., dim) - (..., 1): one refinement of the float32 mean, so a
-    #   constant row centres to exactly 0 and gives exactly ``bias``, as torch's (Welford) LayerNorm does
-    sum_sq = np.einsum("...i,...i->...", centered, centered)[..., None]  # (..., dim) -> (..., 1), no temporary
+    with np.errstate(over="ignore", invalid="ignore"):  # huge rows are handled below; NaN rows stay NaN
+        centered = x - row_sum(x) / dim  # (..., dim) - (..., 1): the one new full-size array
+        centered -= row_sum(centered) / dim  # (..., dim) - (..., 1): one refinement of the float32 mean, so a
+        #   constant row centres to exactly 0 and gives exactly ``bias``, as torch's (Welford) LayerNorm does
+        sum_sq = np.einsum("...i,...i->...", centered, centered)[..., None]  # (..., dim) -> (..., 1), no temporary
     centered /= np.sqrt(sum_sq / dim + eps)  # (..., dim) / (..., 1): divide by the standard deviation
     centered *= weight  # (..., dim) * (dim,)
     centered += bias  # (..., dim) + (dim,)
+    overflowed = ~np.isfinite(sum_sq[..., 0])  # (...): rows beyond ~1e19 in size overflow float32's sum of squares
+    if overflowed.any():
+        rows = overflowed & np.isfinite(x).all(axis=-1)  # (...): finite rows; a NaN or inf row stays NaN, as in torch
+        centered[rows] = _layer_norm_rescaled(x[rows], weight, bias, eps)  # (K, dim)
     return centered
+
+
+def _layer_norm_rescaled(x: np.ndarray, weight: np.ndarray, bias: np.ndarray, eps: float) -> np.ndarray:
+    """:func:`layer_norm` of rows too large for float32's sum of squares (values beyond about 1e19).
+
+    A layer norm does not change when its row is scaled (eps aside), so each row is divided by its largest
+    absolute value first, and eps by that value squared. x: shape (K, dim), finite. DIVERGENCE from HF:
+    torch gives wrong values for such rows, then NaN (see docs/hf-parity.md); this gives the exact result.
+    """
+    scale = np.abs(x).max(axis=-1, keepdims=True)  # (K, 1), > 0 (the row overflowed)
+    y = x / scale  # (K, dim), every |value| <= 1
+    centered = y - row_sum(y) / y.shape[-1]  # (K, dim) - (K, 1)
+    variance = row_sum(centered * centered) / y.shape[-1]  # (K, dim) -> (K, 1)
+    scaled_eps = (np.float32(math.sqrt(eps)) / scale) ** 2  # (K, 1): eps / scale**2, without overflowing
+    return centered / np.sqrt(variance + scaled_eps) * weight + bias  # (K, dim)
 
 
 def layer_norm_backward(

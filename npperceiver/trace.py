@@ -27,6 +27,10 @@ Shape = Tuple[Dim, ...]
 #: Kinds of step: data the user passes in, a learned parameter, a mask (given or derived), an operation,
 #: and the encoder's result.
 STEP_KINDS = ("input", "parameter", "mask", "op", "output")
+#: The most self-attention layers (num_blocks x num_self_attends_per_block) a trace lists, about 20 steps
+#: each. Real configs have tens (language-perceiver: 26); a typo such as num_blocks=10**9 would otherwise
+#: build steps until memory runs out.
+MAX_TRACED_LAYERS = 10_000
 
 
 @dataclass(frozen=True)
@@ -153,13 +157,20 @@ def encoder_steps(config: PerceiverConfig, batch: Dim = "B", seq_len: Dim = "M",
     ``latent_mask=False`` leaves the latent mask out, as a model that cannot take one runs
     (``PerceiverForMaskedLM``): no ``latent_mask`` source and no ``+ attention_mask`` step.
 
-    Dropout on the attention probabilities is left out: it is the identity outside training.
+    Dropout on the attention probabilities is left out: it is the identity outside training. A config of
+    more than :data:`MAX_TRACED_LAYERS` self-attention layers is a ``ValueError`` (before any step is made).
     """
     B = _check_size("batch", batch, "B")
     M = _check_size("seq_len", seq_len, "M")
     N, D, C = config.num_latents, config.d_latents, config.d_model
     S, NB = config.num_self_attends_per_block, config.num_blocks
     L, Hs = NB * S, config.num_self_attention_heads
+    if L > MAX_TRACED_LAYERS:
+        raise ValueError(
+            f"this config applies num_blocks x num_self_attends_per_block = {NB:,} x {S:,} = {L:,} self-attention "
+            f"layers; tracing them would take about {20 * L:,} steps, and the trace stops at "
+            f"{MAX_TRACED_LAYERS:,} layers: check num_blocks and num_self_attends_per_block"
+        )
     steps: list[Step] = []
     add = steps.append
 

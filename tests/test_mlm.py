@@ -88,6 +88,15 @@ def _hf():
     return torch, transformers
 
 
+def _hf_reference():
+    """tests/hf_reference.py, which imports torch at its top: imported only once ``_hf()`` has made the test
+    skip where torch or transformers is missing (importing it first would make the test error instead)."""
+    _hf()
+    import hf_reference
+
+    return hf_reference
+
+
 @functools.lru_cache(maxsize=None)
 def _pair(name: str):
     torch, transformers = _hf()
@@ -121,24 +130,22 @@ def compare_mlm(hf_out, ours, rtol: float) -> float:
 @pytest.mark.parametrize("case", list(CASES))
 @pytest.mark.parametrize("name", list(CONFIGS))
 def test_parity_with_hf(name, case):
-    from hf_reference import RTOL, seed_of
-
+    ref = _hf_reference()
     hf, model = _pair(name)
     cfg, P = CONFIGS[name], CONFIGS[name]["max_position_embeddings"]
-    rng = np.random.default_rng(seed_of("inputs-mlm", name, case))
+    rng = np.random.default_rng(ref.seed_of("inputs-mlm", name, case))
     length, build = CASES[case]
     M = P if length == "full" else P // 2 + 1
     input_ids = rng.integers(0, 262, (BATCH, M))
     kwargs = build(rng, cfg, M, P)
     ours = model(input_ids, output_attentions=True, output_hidden_states=True, **kwargs)
-    compare_mlm(_hf_call(hf, input_ids, **kwargs), ours, RTOL)
+    compare_mlm(_hf_call(hf, input_ids, **kwargs), ours, ref.RTOL)
     assert len(ours.cross_attentions) == 2
     assert ours.cross_attentions[1].shape == (BATCH, MLM_DECODER_HEADS, P, cfg["num_latents"])
 
 
 def test_parity_without_optional_outputs():
-    import torch
-
+    torch, _ = _hf()
     hf, model = _pair("small")
     input_ids = np.arange(5, dtype=np.int64)[None] + 100
     with torch.no_grad():
@@ -167,15 +174,14 @@ def test_param_names_and_shapes_match_hf():
 def test_hf_safetensors_checkpoint_loads_directly(tmp_path):
     """What a user with a Hub download does: ``save_pretrained`` writes the same files as the Hub repo
     (config.json + model.safetensors); npperceiver reads both without torch."""
-    from hf_reference import RTOL, rel_error
-
+    ref = _hf_reference()
     hf, _ = _pair("qk8_v16_noresidual")
     hf.save_pretrained(tmp_path, safe_serialization=True)
     config = npp.PerceiverConfig.from_json(tmp_path / "config.json")
     model = PerceiverForMaskedLM.from_state_dict(config, npp.load_weights(tmp_path / "model.safetensors"))
     input_ids = np.random.default_rng(0).integers(0, 262, (2, 9))
-    ours, ref = model(input_ids), _hf_call(hf, input_ids)
-    assert rel_error(ours.logits, ref.logits.numpy()) <= RTOL
+    ours, theirs = model(input_ids), _hf_call(hf, input_ids)
+    assert ref.rel_error(ours.logits, theirs.logits.numpy()) <= ref.RTOL
 
 
 def test_fill_mask_example_shape_like_hf_docs():

@@ -52,7 +52,7 @@ def test_bfloat16_safetensors_become_float32(tmp_path):
 @pytest.mark.parametrize("name,content,pattern", [
     ("w.safetensors", b"\x05\x00\x00\x00\x00\x00\x00\x00{bad}", "not a valid .safetensors file"),
     ("w.safetensors", b"xx", "not a valid .safetensors file"),
-    ("w.npz", b"not a zip", "not a readable .npz file"),
+    ("w.npz", b"not a zip", "not a valid .npz file: it is not a zip archive"),
 ])
 def test_corrupt_files_give_value_errors(tmp_path, name, content, pattern):
     path = tmp_path / name
@@ -64,7 +64,7 @@ def test_corrupt_files_give_value_errors(tmp_path, name, content, pattern):
 def test_missing_file_and_unknown_extension(tmp_path):
     with pytest.raises(ValueError, match="does not exist"):
         npp.load_weights(tmp_path / "nope.npz")
-    with pytest.raises(ValueError, match="cannot read weight file"):
+    with pytest.raises(ValueError, match="does not exist"):
         npp.load_weights(tmp_path / "nope.safetensors")
     with pytest.raises(ValueError, match="must end in .npz or .safetensors"):
         npp.load_weights(tmp_path / "w.bin")
