@@ -199,7 +199,7 @@ ATTENTION_FORMATS = ("svg", "png", "pdf", "text")
               help="Weights (.safetensors or .npz): PerceiverForMaskedLM's with --text, else PerceiverModel's "
                    "(an MLM checkpoint works too: its encoder is used).")
 @click.option("--random-init", is_flag=True, help="No weights: a seeded random model.")
-@click.option("--seed", type=int, default=0, show_default=True,
+@click.option("--seed", type=click.IntRange(min=0), default=0, show_default=True,
               help="Seed of the random weights (--random-init) and of the random inputs (--seq-len).")
 @click.option("--text", help="A text for the masked language model (PerceiverForMaskedLM), tokenized as "
                              "[CLS] UTF-8 bytes [SEP]; columns are labelled with its bytes.")
@@ -290,9 +290,10 @@ def draw_attention(config_name: str, weights: Optional[str], random_init: bool, 
 
     try:
         if text is not None:
-            _check_mlm(config, name)
+            _check_utf8(text)
+            _check_text_model(config, name, "draw-attention --text")
             P = config.max_position_embeddings
-            tokenizer = npperceiver.PerceiverTokenizer(model_max_length=P)
+            tokenizer = npperceiver.PerceiverTokenizer()
             encoded = tokenizer(text, padding="max_length" if pad_to else False, max_length=pad_to,
                                 truncation=False)
             ids = encoded["input_ids"]
@@ -401,6 +402,18 @@ def _check_mlm(config, name: str) -> None:
         raise CliError(f"--config {name}: {e}") from None
 
 
+def _check_text_model(config, name: str, command: str) -> None:
+    """A command that feeds text through the byte tokenizer: the config must suit PerceiverForMaskedLM and
+    its vocabulary must be the tokenizer's 262 ids."""
+    _check_mlm(config, name)
+    if config.vocab_size != npperceiver.tokenizer.VOCAB_SIZE:
+        raise CliError(
+            f"--config {name}: vocab_size is {config.vocab_size}, but {command} reads text with the byte tokenizer, "
+            f"whose {npperceiver.tokenizer.VOCAB_SIZE} ids (6 special tokens + 256 bytes) must be the model's "
+            "vocabulary: set vocab_size to 262"
+        )
+
+
 # ============================================================================ the text path: fill-mask, convert-checkpoint
 def _one_line(error: Union[BaseException, str], limit: int = 2000) -> str:
     """The first line of an error message (library errors are one line; torch's unpickler's are not), cut
@@ -439,13 +452,7 @@ def fill_mask(text: str, weights: "str | None", config_name: str, random_init: b
         raise click.UsageError("pass exactly one of --weights FILE and --random-init")
     _check_utf8(text)
     config, name = _load_config(config_name)
-    _check_mlm(config, name)
-    if config.vocab_size != npperceiver.tokenizer.VOCAB_SIZE:
-        raise CliError(
-            f"--config {name}: vocab_size is {config.vocab_size}, but fill-mask reads text with the byte tokenizer, "
-            f"whose {npperceiver.tokenizer.VOCAB_SIZE} ids (6 special tokens + 256 bytes) must be the model's "
-            "vocabulary: set vocab_size to 262"
-        )
+    _check_text_model(config, name, "fill-mask")
     tokenizer = npperceiver.PerceiverTokenizer()
     input_ids = tokenizer(text)["input_ids"]  # [CLS] bytes [SEP]
     if len(input_ids) > config.max_position_embeddings:

@@ -8,6 +8,7 @@ whatever the input. That is what makes the expected numbers checkable by hand.
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import re
 import sys
@@ -21,6 +22,9 @@ import npperceiver as npp
 from npperceiver_cli import cli
 
 ROOT = Path(__file__).resolve().parents[1]
+
+#: Formats each error path is tried in: text always, svg where matplotlib is there to draw it.
+FORMATS = ("text", "svg") if importlib.util.find_spec("matplotlib") else ("text",)
 
 #: N=3 latents, 2 heads each side, one self-attention layer applied twice (L = 2), P = 8 positions.
 TINY = dict(num_latents=3, d_latents=8, d_model=8, num_blocks=2, num_self_attends_per_block=1,
@@ -216,7 +220,7 @@ def test_missing_matplotlib_is_one_line_with_the_install_command(run, tmp_path, 
     (["--example", "1"], ["--example 1 does not exist", "--batch"]),
 ])
 def test_bad_input_is_one_line_and_no_file(run, tmp_path, args, words):
-    for fmt in ("text", "svg"):
+    for fmt in FORMATS:
         res = run("--config", "tiny.json", "--weights", "zeros.npz", "--seq-len", "4", "--format", fmt,
                   "-o", f"out.{'txt' if fmt == 'text' else fmt}", *args)
         _one_error_line(res, *words)
@@ -231,8 +235,24 @@ def test_bad_input_is_one_line_and_no_file(run, tmp_path, args, words):
     (["--text", "hi", "--layer", "decoder", "--head", "8"], ["8 heads (0 .. 7)"]),
 ])
 def test_bad_text_input(run, tmp_path, args, words):
-    _one_error_line(run("--config", "tiny.json", "--weights", "mlm-zeros.npz", "-o", "x.svg", *args), *words)
-    assert _no_files(tmp_path)
+    for fmt in FORMATS:
+        _one_error_line(run("--config", "tiny.json", "--weights", "mlm-zeros.npz", "--format", fmt,
+                            "-o", f"x.{'txt' if fmt == 'text' else fmt}", *args), *words)
+        assert _no_files(tmp_path)
+
+
+@pytest.mark.parametrize("args, words", [
+    (["--seed", "-1"], ["--seed", "-1"]),
+    (["--text", "hi", "--config", "vocab300.json"], ["vocab_size is 300", "262"]),
+    (["--text", "hi", "--config", "positions1.json"], ["4 tokens long", "at most 1"]),
+])
+def test_text_config_and_seed_errors_name_what_is_wrong(run, tmp_path, args, words):
+    base = json.loads((tmp_path / "tiny.json").read_text())
+    (tmp_path / "vocab300.json").write_text(json.dumps({**base, "vocab_size": 300}))
+    (tmp_path / "positions1.json").write_text(json.dumps({**base, "max_position_embeddings": 1}))
+    res = run("--config", "tiny.json", "--random-init", "--format", "text", *args)
+    assert res.exit_code in (1, 2) and "Traceback" not in res.output
+    assert all(w in res.stderr for w in words), res.stderr
 
 
 def test_usage_errors_and_bad_weights(run, tmp_path):

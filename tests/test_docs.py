@@ -19,6 +19,8 @@ def test_examples_run(page):
     if "import numpy as np, torch" in page.read_text(encoding="utf-8"):
         pytest.importorskip("torch", reason=f"{page.name} compares with HF and needs torch")
         pytest.importorskip("transformers", reason=f"{page.name} compares with HF and needs transformers")
+    if "attention_figure(" in page.read_text(encoding="utf-8"):
+        pytest.importorskip("matplotlib", reason=f"{page.name} draws an attention figure (the plot extra)")
     result = doctest.testfile(str(page), module_relative=False, optionflags=doctest.ELLIPSIS | doctest.NORMALIZE_WHITESPACE)
     assert result.failed == 0, f"{result.failed} of {result.attempted} examples in {page.name} failed (see output above)"
 
