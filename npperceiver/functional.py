@@ -123,6 +123,10 @@ def layer_norm_backward(
     Returns dx (..., dim) and ``{"weight": (dim,), "bias": (dim,)}``.
     """
     dim = x.shape[-1]
+    scale = _huge_row_scale(x)  # (..., 1) or None: rows beyond ~1e19 are normalised scaled down, as in the forward
+    if scale is not None:  # layer norm does not change when a row is scaled (with eps / scale**2), and
+        x = x / scale  # rstd(x) = rstd(x / scale) / scale: dx is divided by the scale at the end
+        eps = (np.float32(math.sqrt(eps)) / scale) ** 2  # (..., 1)
     centered = x - row_sum(x) / dim  # (..., dim): as in the forward, with the same refinement of the mean
     centered -= row_sum(centered) / dim
     rstd = 1 / np.sqrt(np.einsum("...i,...i->...", centered, centered)[..., None] / dim + eps)  # (..., 1)
@@ -136,7 +140,19 @@ def layer_norm_backward(
     dx = np.subtract(d_x_hat, mean_d, out=d_x_hat)  # (..., dim)
     dx -= x_hat * mean_d_x_hat
     dx *= rstd
+    if scale is not None:
+        dx /= scale
     return dx, {"weight": dweight, "bias": dbias}
+
+
+def _huge_row_scale(x: np.ndarray) -> Optional[np.ndarray]:
+    """For :func:`layer_norm_backward`: None when every row's float32 sum of squares is finite (the usual case),
+    else (..., 1) holding each such finite row's largest absolute value, and 1 for every other row."""
+    with np.errstate(over="ignore", invalid="ignore"):
+        huge = ~np.isfinite(np.einsum("...i,...i->...", x, x)) & np.isfinite(x).all(axis=-1)  # (...)
+    if not huge.any():
+        return None
+    return np.where(huge, np.abs(x).max(axis=-1), np.ones((), x.dtype))[..., None].astype(x.dtype)  # (..., 1)
 
 
 def exp_shifted(x: np.ndarray, axis: int = -1, out: Optional[np.ndarray] = None) -> tuple[np.ndarray, np.ndarray]:

@@ -39,7 +39,7 @@ from hypothesis import strategies as st
 import npperceiver as npp
 import npperceiver.trace as trace
 from npperceiver.config import MAX_CONFIG_BYTES, PerceiverConfig
-from npperceiver.functional import layer_norm
+from npperceiver.functional import layer_norm, layer_norm_backward
 from npperceiver.trace import MAX_TRACED_LAYERS, encoder_steps
 from npperceiver.weights import check_param_memory
 from npperceiver_cli.cli import _write, main
@@ -825,6 +825,24 @@ def test_layer_norm_of_huge_rows_is_exact():
     out = layer_norm(mixed, w, b)
     assert np.isnan(out[0, 1]).all() and np.isfinite(np.delete(out, 1, axis=1)).all()  # a NaN row stays NaN
     np.testing.assert_allclose(out[0, 0], reference[0, 0], rtol=0, atol=2e-6)
+
+
+def test_layer_norm_backward_of_huge_rows_is_exact():
+    """The backward follows the forward: a row too large for float32's sum of squares gets the gradient a
+    float64 layer norm gives it (not 0), the other rows are untouched, and the weight gradient sums both."""
+    rng = np.random.default_rng(2)
+    x = rng.standard_normal((4, 16)).astype(np.float32)
+    x[1] *= np.float32(3e20)
+    x[3] *= np.float32(1e36)
+    w, b = rng.standard_normal(16).astype(np.float32), rng.standard_normal(16).astype(np.float32)
+    dy = rng.standard_normal((4, 16)).astype(np.float32)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        dx, grads = layer_norm_backward(dy, x, w, b)
+    dx64, grads64 = layer_norm_backward(dy.astype(np.float64), x.astype(np.float64), w.astype(np.float64))
+    scale = np.abs(dx64).max(axis=-1, keepdims=True)  # rows differ by 1e36 in scale: compare each to its own
+    np.testing.assert_allclose(dx / scale, dx64 / scale, rtol=0, atol=1e-5)
+    np.testing.assert_allclose(grads["weight"], grads64["weight"], rtol=0, atol=1e-5 * np.abs(grads64["weight"]).max())
 
 
 def test_huge_inputs_give_the_encoders_exact_output():
