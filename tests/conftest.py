@@ -4,6 +4,8 @@
   tries the same examples and a plain ``python -m pytest`` is quick and reproducible.
 * ``dev`` -- many more random examples, remembered in ``.hypothesis/`` so a failure is replayed first;
   for hunting bugs locally: ``HYPOTHESIS_PROFILE=dev python -m pytest tests/test_properties.py``.
+* ``mutate`` -- ``ci`` without shrinking: the same examples, so the same verdict, but a failure is reported as
+  soon as it is found. ``python -m tests.mutate`` uses it to run the property tests once per planted bug.
 
 No deadline in either: a test builds a fresh model per example, and the time that takes depends on the
 machine and its load, not on the code under test. For the same reason the ``too_slow`` health check
@@ -12,7 +14,7 @@ machine and its load, not on the code under test. For the same reason the ``too_
 
 import os
 
-from hypothesis import HealthCheck, settings
+from hypothesis import HealthCheck, Phase, settings
 
 settings.register_profile(
     "ci",
@@ -22,6 +24,12 @@ settings.register_profile(
     deadline=None,
     print_blob=True,
     suppress_health_check=[HealthCheck.too_slow],
+)
+settings.register_profile(
+    "mutate",
+    settings.get_profile("ci"),
+    phases=[Phase.explicit, Phase.reuse, Phase.generate, Phase.target],
+    print_blob=False,
 )
 settings.register_profile(
     "dev",
