@@ -139,6 +139,12 @@ def perceiver_encoder_backward(
     zeroes head h silences h in layer i of *every* block, so that head's slice of layer i's (shared) q/k/v
     weights gets no gradient from any application.
 
+    The backward *uses up* ``cache``, as torch frees a graph's saved tensors during ``backward()``: each
+    layer's record is dropped as soon as its backward has run, so the activations of the layers already
+    done are freed while the gradients of the rest are made (the step's peak memory is the gradients plus
+    what is left to go back through, not the gradients plus every activation). Record a new cache for
+    each backward.
+
     d_last_hidden_state: (B, N, D). Returns d_hidden_states (B, N, D) -- the gradient of the latent array
     as broadcast, see :func:`latent_array_backward` -- d_inputs (B, M, C), and the gradients of ``params``
     (``{"cross_attention": ..., "self_attends": [S layers]}``).
@@ -146,12 +152,14 @@ def perceiver_encoder_backward(
     self_attends = params["self_attends"]
     self_grads: list[Optional[Params]] = [None] * len(self_attends)
     d_hidden_states = d_last_hidden_state
-    for layer_cache in reversed(cache["self_attends"]):
+    applications = cache["self_attends"]
+    while applications:  # last application first; each record is dropped once used (see below)
+        layer_cache = applications.pop()
         i = layer_cache["index"]
         d_hidden_states, _, grads = perceiver_layer_backward(d_hidden_states, self_attends[i], layer_cache)
         self_grads[i] = grads if self_grads[i] is None else _accumulate(self_grads[i], grads)  # shared: sum
     d_hidden_states, d_inputs, cross_grads = perceiver_layer_backward(
-        d_hidden_states, params["cross_attention"], cache["cross_attention"])  # (B, N, D), (B, M, C)
+        d_hidden_states, params["cross_attention"], cache.pop("cross_attention"))  # (B, N, D), (B, M, C)
     return d_hidden_states, d_inputs, {"cross_attention": cross_grads, "self_attends": self_grads}
 
 

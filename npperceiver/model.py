@@ -171,7 +171,8 @@ class PerceiverModel:
         (the functions' order: ``*_backward(d_out, params, cache)``).
 
         Returns ``(grads, inputs_grad)``: ``grads`` keyed exactly like :meth:`state_dict`, ``inputs_grad``
-        of the inputs' shape (B, M, C). ``d_last_hidden_state`` must have shape (B, N, D).
+        of the inputs' shape (B, M, C). ``d_last_hidden_state`` must have shape (B, N, D). The backward uses the
+        cache up, layer by layer (as torch frees a graph's saved tensors): record a new one for each backward.
         """
         shape = (cache["batch_size"], self.config.num_latents, self.config.d_latents)  # (B, N, D)
         d_last = _check_cotangent(d_last_hidden_state, shape, "d_last_hidden_state", self.dtype)

@@ -282,3 +282,28 @@ def test_output_must_be_safetensors(files):
     folder, text, config = files
     result = run("train-mlm", "--config", config, "--text", text, "-o", folder / "m.npz")
     assert result.exit_code == 2 and "must end in .safetensors" in result.stderr
+
+
+# ---------------------------------------------------------------------- the bundled text and the loss curve
+def test_bundled_text_is_the_documented_file():
+    import hashlib
+
+    data = (ROOT / "data" / "alice.txt").read_bytes()
+    assert hashlib.sha256(data).hexdigest() == "f17aa0bf7466424a8b357b688678666bad7a0148963ef349016a3098faa6bd1e"
+    train_part, heldout = pretraining.split_corpus(data, 0.1)
+    assert len(train_part) == 136_244 and heldout.startswith("“I’m glad I’ve seen that done,”".encode())
+
+
+def test_loss_curve_is_read_from_the_log_and_drawn(files):
+    from npperceiver.viz.training import read_history, render_history
+
+    folder, _, _ = files
+    assert train(files, "m.safetensors", "--steps", 6, "--eval-every", 3, "--log", folder / "log.csv").exit_code == 0
+    history = read_history((folder / "log.csv").read_text())
+    assert history.steps == [1, 2, 3, 4, 5, 6] and history.eval_steps == [0, 3, 6]
+    assert len(history.train_loss) == 6 and all(0 <= a <= 1 for a in history.heldout_accuracy)
+    with pytest.raises(ValueError, match="a train-mlm log has the columns"):
+        read_history("step,loss\n1,2\n")
+    pytest.importorskip("matplotlib")
+    svg = render_history(history, smoothing=2)
+    assert svg.startswith(b"<?xml") and b"held-out loss" in svg
