@@ -34,6 +34,9 @@ def main(argv: "list[str] | None" = None) -> None:
     fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", dir=target.parent)  # whole file or nothing
     with os.fdopen(fd, "wb") as f:
         f.write(data)
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes it private; a picture is an ordinary file
     os.replace(tmp, target)
     print(f"wrote {target}", file=sys.stderr)
 
