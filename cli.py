@@ -680,7 +680,7 @@ def train_mlm(ctx: click.Context, text_path: str, output: str, config_name: Opti
                 raise CliError(f"--weights {weights}: {_one_line(e)}") from None
         else:
             config, name = _load_config(config_name or "small")
-            _check_mlm(config, name)
+            _check_text_model(config, name, "train-mlm")
             model = npperceiver.PerceiverForMaskedLM.init(config, seed=seed)
         P = config.max_position_embeddings
         settings = dict(
@@ -846,7 +846,7 @@ def _config_for_weights(path: str, metadata: dict, config_name: Optional[str], d
         if config_name is None and default is None:
             raise CliError(f"{path} carries no config (it was not written by train-mlm): pass --config")
         config, name = _load_config(config_name or default)
-        _check_text_model(config, name, "train-mlm")
+        _check_mlm(config, name)
         return config
     if config_name is not None:
         config, name = _load_config(config_name)
