@@ -13,6 +13,10 @@ alternately in one process, at each thread count:
   ``sum(last_hidden_state * G)`` for a fixed random G (so dL/d(last_hidden_state) = G, what ``vjp`` takes).
   The inputs require a gradient on both sides (npperceiver's ``vjp`` always returns it).
 
+* ``sweep``: vision-perceiver-fourier's encoder cut to one block of one self-attention layer (N=512, D=1024,
+  C=261), B=1, M = 2,048 to 32,768, npperceiver with the one-pass cross-attention and streamed
+  (``cross_attention_chunk_size``, forward *and* backward): how a step's memory grows with M.
+
 Both run HF's ``eval()`` arithmetic (no dropout: torch's and NumPy's random draws differ). Reported per case
 and thread count: the median step time of each and their ratio; the peak extra memory of one step
 (tracemalloc for numpy -- numpy reports every array buffer to it -- and torch's profiler with
@@ -22,7 +26,7 @@ counted, the gradients made during it are); and the worst relative gradient diff
 
 Usage::
 
-    python benchmarks/bench_train.py                      # both cases at 1 and 2 threads (~10 min)
+    python benchmarks/bench_train.py                      # every case at 1 and 2 threads (~15 min)
     python benchmarks/bench_train.py --quick              # tiny sizes: a smoke run of every code path
     python benchmarks/bench_train.py --cases language --threads 2 --repeats 5
 
@@ -62,19 +66,34 @@ class Case:
     config: dict
     B: int
     M: int
+    chunks: tuple = (None,)  # npperceiver variants: None = one-pass cross-attention, else its chunk size
+
+
+#: The memory sweep: vision-perceiver-fourier's encoder (N=512, D=1024, C=261, 1 cross head) with one block of
+#: one self-attention layer, so that the cross-attention -- the only part that sees M -- is most of the step.
+SWEEP = dict(num_latents=512, d_latents=1024, d_model=261, num_blocks=1, num_self_attends_per_block=1,
+             num_self_attention_heads=8, num_cross_attention_heads=1)
+SWEEP_M = (2048, 8192, 32768)
 
 
 def cases(args: argparse.Namespace) -> list[Case]:
     small = encoder_fields(npp.load_preset("small"))
     language = encoder_fields(npp.load_preset("language-perceiver"))
+    sweep, sweep_m, chunk = dict(SWEEP), SWEEP_M, args.chunk
     sizes = dict(small=(32, 64), language=(1, 2048))
     if args.quick:
         language.update(num_latents=16, d_latents=64, d_model=48, qk_channels=32, v_channels=64,
                         num_self_attends_per_block=2)
-        sizes = dict(small=(4, 64), language=(1, 64))
-    kinds = dict(small="mlm", language="encoder")
-    configs = dict(small=small, language=language)
-    return [Case(name, kinds[name], configs[name], *sizes[name]) for name in args.cases]
+        sweep.update(num_latents=16, d_latents=32, d_model=7)
+        sizes, sweep_m, chunk = dict(small=(4, 64), language=(1, 64)), (64, 256), 32
+    out = []
+    for name in args.cases:
+        if name == "sweep":
+            out += [Case(f"sweep M={m}", "encoder", sweep, 1, m, (None, chunk)) for m in sweep_m]
+        else:
+            config = dict(small=small, language=language)[name]
+            out.append(Case(name, dict(small="mlm", language="encoder")[name], config, *sizes[name]))
+    return out
 
 
 # ---------------------------------------------------------------------------- the two steps
@@ -101,7 +120,7 @@ def build(case: Case, seed: int = 0):
 
 
 def steps(case: Case, hf, model):
-    """The npperceiver step and the torch step (each: forward, backward, AdamW), and the batch they read."""
+    """The npperceiver steps (one per chunk variant) and the torch step (each: forward, backward, AdamW)."""
     import torch
 
     rng = np.random.default_rng(1)
@@ -114,7 +133,7 @@ def steps(case: Case, hf, model):
         labels[:, :case.M] = np.where(rng.random((case.B, case.M)) < 0.15, ids, -100)  # (B, P)
         t_ids, t_labels = torch.from_numpy(ids), torch.from_numpy(labels)
 
-        def np_grads():
+        def np_grads(chunk=None):
             return model.loss_and_grads(ids, labels)[1]
 
         def torch_backward():
@@ -127,24 +146,24 @@ def steps(case: Case, hf, model):
         cotangent = rng.standard_normal((case.B, N, D), dtype=np.float32)  # (B, N, D) = dL/d(last_hidden_state)
         t_x, t_cot = torch.from_numpy(x).requires_grad_(True), torch.from_numpy(cotangent)
 
-        def np_grads():
-            return model.vjp(x, cotangent)[0]
+        def np_grads(chunk=None):
+            return model.vjp(x, cotangent, cross_attention_chunk_size=chunk)[0]
 
         def torch_backward():
             t_x.grad = None
             loss = (hf(inputs=t_x).last_hidden_state * t_cot).sum()
             loss.backward()
 
-    def np_step():
-        np_opt.step(np_grads())
+    def np_step(chunk=None):
+        np_opt.step(np_grads(chunk))
 
     def torch_step():
         torch_backward()
         torch_opt.step()
         torch_opt.zero_grad()  # set_to_none: the next backward allocates fresh gradients, as a loop does
 
-    def gradient_difference() -> float:
-        grads = np_grads()
+    def gradient_difference(chunk=None) -> float:
+        grads = np_grads(chunk)
         torch_opt.zero_grad()
         torch_backward()
         named = dict(hf.named_parameters())
@@ -161,23 +180,31 @@ def steps(case: Case, hf, model):
 def run_case(case: Case, thread_counts: list[int], repeats: int) -> list[dict]:
     hf, model = build(case)
     np_step, torch_step, gradient_difference = steps(case, hf, model)
-    diff = gradient_difference()  # same weights: before any update
+    diffs = {c: gradient_difference(c) for c in case.chunks}  # same weights: before any update
+    fns = {f"np{c}": (lambda c=c: np_step(c)) for c in case.chunks}
+    fns["torch"] = torch_step
     rows = []
     for n in thread_counts:
         with threads(n):
-            np_step(), torch_step()  # the optimizers' moments exist from here on: they are not the step's memory
-            times = median_times({"np": np_step, "torch": torch_step}, repeats, warmup=0)
-            np_ms, torch_ms = (float(np.median(times[k])) * 1e3 for k in ("np", "torch"))
-            np_mem, torch_mem = numpy_peak_bytes(np_step), torch_peak_bytes(torch_step)
-        rows.append(dict(case=case.name, kind=case.kind, B=case.B, M=case.M, threads=n, np_ms=np_ms, torch_ms=torch_ms,
-                         ratio=np_ms / torch_ms, np_peak_mib=np_mem / MiB, torch_peak_mib=torch_mem / MiB,
-                         memory_ratio=np_mem / max(torch_mem, 1), max_rel_grad_diff=diff,
-                         params=sum(v.size for v in model.state_dict().values()),
-                         np_times_ms=[t * 1e3 for t in times["np"]], torch_times_ms=[t * 1e3 for t in times["torch"]]))
-        r = rows[-1]
-        print(f"  {case.name} @ {n} thread(s): np {np_ms:.1f} ms, torch {torch_ms:.1f} ms, ratio {r['ratio']:.2f}; "
-              f"memory {r['np_peak_mib']:.1f} / {r['torch_peak_mib']:.1f} MiB; grad diff {diff:.1e}",
-              file=sys.stderr, flush=True)
+            for fn in fns.values():
+                fn()  # the optimizers' moments exist from here on: they are not the step's memory
+            times = median_times(fns, repeats, warmup=0)
+            torch_ms = float(np.median(times["torch"])) * 1e3
+            torch_mem = torch_peak_bytes(torch_step)
+            for c in case.chunks:
+                np_ms = float(np.median(times[f"np{c}"])) * 1e3
+                np_mem = numpy_peak_bytes(fns[f"np{c}"])
+                rows.append(dict(
+                    case=case.name, kind=case.kind, B=case.B, M=case.M, chunk=c, threads=n, np_ms=np_ms,
+                    torch_ms=torch_ms, ratio=np_ms / torch_ms, np_peak_mib=np_mem / MiB, torch_peak_mib=torch_mem / MiB,
+                    memory_ratio=np_mem / max(torch_mem, 1), max_rel_grad_diff=diffs[c],
+                    params=sum(v.size for v in model.state_dict().values()),
+                    np_times_ms=[t * 1e3 for t in times[f"np{c}"]], torch_times_ms=[t * 1e3 for t in times["torch"]]))
+                r = rows[-1]
+                chunked = "" if c is None else f" chunk {c}"
+                print(f"  {case.name}{chunked} @ {n} thread(s): np {np_ms:.1f} ms, torch {torch_ms:.1f} ms, ratio "
+                      f"{r['ratio']:.2f}; memory {r['np_peak_mib']:.1f} / {r['torch_peak_mib']:.1f} MiB; grad diff "
+                      f"{r['max_rel_grad_diff']:.1e}", file=sys.stderr, flush=True)
     return rows
 
 
@@ -198,8 +225,9 @@ def markdown(results: dict) -> str:
     ]
     for r in results["rows"]:
         model = "PerceiverForMaskedLM" if r["kind"] == "mlm" else "PerceiverModel"
+        name = r["case"] if r["chunk"] is None else f"{r['case']}, chunk {r['chunk']}"
         lines.append(
-            f"| {r['case']} | {model} | {r['B']} | {r['M']} | {r['params'] / 1e6:.2f}M | {r['threads']} "
+            f"| {name} | {model} | {r['B']} | {r['M']} | {r['params'] / 1e6:.2f}M | {r['threads']} "
             f"| {_num(r['np_ms'])} | {_num(r['torch_ms'])} | **{r['ratio']:.2f}** | {_num(r['np_peak_mib'])} "
             f"| {_num(r['torch_peak_mib'])} | **{r['memory_ratio']:.2f}** | {r['max_rel_grad_diff']:.1e} |")
     return "\n".join(lines) + "\n"
@@ -211,14 +239,16 @@ def _num(value: float) -> str:
 
 def parse_args(argv: Optional[list[str]] = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--cases", default="small,language", help="comma-separated: small, language (default: both)")
+    p.add_argument("--cases", default="small,language,sweep",
+                   help="comma-separated: small, language, sweep (default: all)")
+    p.add_argument("--chunk", type=int, default=2048, help="cross_attention_chunk_size of the sweep's streamed runs")
     p.add_argument("--threads", default="1,2", help="comma-separated thread counts (default: 1,2)")
     p.add_argument("--repeats", type=int, default=None, help="timed steps per model (default: 21 small, 5 language)")
     p.add_argument("--quick", action="store_true", help="tiny sizes and 3 repeats: a smoke run")
     p.add_argument("--out", default=str(HERE / "results"), help="folder for the JSON and Markdown")
     args = p.parse_args(argv)
     args.cases = [c.strip() for c in args.cases.split(",") if c.strip()]
-    unknown = set(args.cases) - {"small", "language"}
+    unknown = set(args.cases) - {"small", "language", "sweep"}
     if unknown:
         p.error(f"unknown case(s): {', '.join(sorted(unknown))}")
     args.threads = [int(t) for t in args.threads.split(",")]
@@ -229,7 +259,8 @@ def main(argv: Optional[list[str]] = None) -> dict:
     args = parse_args(argv)
     results = dict(environment=environment(args.threads), rows=[], quick=args.quick)
     for case in cases(args):
-        repeats = args.repeats or (3 if args.quick else 21 if case.name == "small" else 5)
+        repeats = args.repeats or (3 if args.quick else 21 if case.name == "small" else 5 if case.name == "language"
+                                   else 3)
         print(f"{case.name}: {case.kind}, B={case.B}, M={case.M}, {repeats} steps each", file=sys.stderr, flush=True)
         results["rows"] += run_case(case, args.threads, repeats)
     results["environment"]["loadavg_end"] = os.getloadavg()
