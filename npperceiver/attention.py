@@ -336,10 +336,11 @@ def perceiver_self_attention_backward(
     normed, grads = cache["normed"], {}
     num_heads = cache["attention"]["query"].shape[1]
     d_query, d_key, d_value = scaled_dot_product_attention_backward(
-        merge_heads_backward(d_context, num_heads), cache["attention"])  # (B, H, Q, dqk), (B, H, K, d*) x2
+        merge_heads_backward(d_context, num_heads), cache.pop("attention"))  # (B, H, Q, dqk), (B, H, K, d*) x2;
+    #   the core's record (queries, keys, values, probabilities) is used up: freed before the projections
     d_normed, grads["query"] = linear_backward(split_heads_backward(d_query), normed, **params["query"])
     if cache["is_cross"]:
-        d_inputs, input_grads = cross_attention_keys_values_backward(d_key, d_value, params, cache["inputs"])
+        d_inputs, input_grads = cross_attention_keys_values_backward(d_key, d_value, params, cache.pop("inputs"))
         grads.update(input_grads)
     else:  # the keys and values came from the same normed latents: their gradients add up there
         d_inputs = None
@@ -403,8 +404,9 @@ def perceiver_attention_backward(
     d_attention_output: (B, Q, out). Returns d_hidden_states (B, Q, q_dim), d_inputs (B, K, kv_dim) or None,
     and ``{"self": ..., "output": ...}``.
     """
-    d_context, output_grads = perceiver_self_output_backward(d_attention_output, params["output"], cache["output"])
-    d_hidden_states, d_inputs, self_grads = perceiver_self_attention_backward(d_context, params["self"], cache["self"])
+    d_context, output_grads = perceiver_self_output_backward(d_attention_output, params["output"], cache.pop("output"))
+    d_hidden_states, d_inputs, self_grads = perceiver_self_attention_backward(d_context, params["self"],
+                                                                              cache.pop("self"))
     if cache["use_query_residual"]:
         d_hidden_states += d_attention_output  # (B, Q, q_dim): the residual's gradient
     return d_hidden_states, d_inputs, {"self": self_grads, "output": output_grads}

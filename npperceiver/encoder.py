@@ -156,9 +156,8 @@ def perceiver_encoder_backward(
     d_hidden_states = d_last_hidden_state
     applications = cache["self_attends"]
     while applications:  # last application first; each record is dropped once used (see below)
-        layer_cache = applications.pop()
-        i = layer_cache["index"]
-        d_hidden_states, _, grads = perceiver_layer_backward(d_hidden_states, self_attends[i], layer_cache)
+        i = applications[-1]["index"]
+        d_hidden_states, _, grads = perceiver_layer_backward(d_hidden_states, self_attends[i], applications.pop())
         self_grads[i] = grads if self_grads[i] is None else _accumulate(self_grads[i], grads)  # shared: sum
     d_hidden_states, d_inputs, cross_grads = perceiver_layer_backward(
         d_hidden_states, params["cross_attention"], cache.pop("cross_attention"))  # (B, N, D), (B, M, C)
