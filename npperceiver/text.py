@@ -446,7 +446,9 @@ class PerceiverForMaskedLM:
         out = self(input_ids, attention_mask=attention_mask, head_mask=head_mask, labels=labels,
                    dropout_rng=dropout_rng, cache=cache)
         labels = np.asarray(labels).astype(np.int64)  # checked by the call above: (B, P), in range
-        return out.loss, self.backward(masked_lm_loss_backward(out.logits, labels), cache)
+        loss, d_logits = out.loss, masked_lm_loss_backward(out.logits, labels)  # (B, P, V)
+        del out  # the logits (B, P, V): not kept through the backward, as torch does not keep them
+        return loss, self.backward(d_logits, cache)
 
 
 # ---------------------------------------------------------------------- fill-mask
