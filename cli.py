@@ -312,7 +312,7 @@ def draw_attention(config_name: str, weights: Optional[str], random_init: bool, 
             if am is None and pad_to is not None:
                 am = np.array([encoded["attention_mask"]], np.float32)  # the tokenizer's: 0 on [PAD]
             model = (npperceiver.PerceiverForMaskedLM.init(config, seed=seed) if random_init else
-                     npperceiver.PerceiverForMaskedLM.from_state_dict(config, npperceiver.load_weights(weights)))
+                     npperceiver.PerceiverForMaskedLM.from_state_dict(config, _model_tensors(weights)))
             out = model(np.array([ids]), attention_mask=am, head_mask=hm, output_attentions=True)
             tokens, lm = attention_viz.token_labels(ids), None
         else:
@@ -731,7 +731,8 @@ def _train_loop(state, schedule, train_ids, heldout, output: str, log_path: Opti
         state.evaluations.append((state.step, result.loss, result.accuracy))
         recent = state.train_loss[-settings["eval_every"]:]
         train = f"; train loss {np.mean(recent):.3f}" if recent else ""
-        click.echo(f"\nstep {state.step}: held-out loss {result.loss:.3f}, masked-byte accuracy "
+        end_bar_line = "\n" if sys.stderr.isatty() else ""  # the progress bar's line is still open there
+        click.echo(f"{end_bar_line}step {state.step}: held-out loss {result.loss:.3f}, masked-byte accuracy "
                    f"{result.accuracy:.1%} ({result.count:,} bytes){train}", err=True)
 
     def save() -> None:
@@ -815,6 +816,11 @@ def _read_corpus(path: str) -> bytes:
     if not data.strip():
         raise CliError(f"--text {path} is empty" + (" (whitespace only)" if data else "") + ": nothing to train on")
     return data
+
+
+def _model_tensors(path: str) -> dict:
+    """A weight file's model tensors: all of them, but a train-mlm checkpoint's optimizer state and history."""
+    return pretraining.model_weights(npperceiver.load_weights(path))
 
 
 def _read_mlm_weights(path: str, option: str) -> tuple[dict, dict]:

@@ -159,6 +159,10 @@ def test_smoke_run_lowers_the_loss_and_fill_mask_loads_it(files):
     greedy = model(ids).logits[0, 19:23].argmax(-1)
     assert f"greedy {npp.PerceiverTokenizer().decode(greedy)!r}" in filled.stdout
 
+    drawn = run("draw-attention", "--config", files[2], "--weights", folder / "mlm.safetensors", "--text", "the cat",
+                "--format", "text")  # another loader of MLM weights: the training state is left out
+    assert drawn.exit_code == 0 and "latents attend to the inputs" in drawn.stdout, drawn.output
+
     mismatch = run("fill-mask", "--weights", folder / "mlm.safetensors", "--config", "small", "a[MASK]")
     assert_one_error_line(mismatch, 1, r"--config small differs from the config saved in .*mlm.safetensors")
 
