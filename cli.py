@@ -721,7 +721,7 @@ def _train_loop(state, schedule, train_ids, heldout, output: str, log_path: Opti
     """The updates, evaluations and checkpoints of train-mlm, with a progress bar on stderr."""
     settings, model = state.settings, state.model
     B, M, P = settings["batch_size"], settings["seq_len"], model.config.max_position_embeddings
-    first_step, saved_step = state.step, None
+    first_step = state.step
     first_eval = None if not state.evaluations else state.evaluations[0]
 
     def evaluate() -> None:
@@ -736,12 +736,10 @@ def _train_loop(state, schedule, train_ids, heldout, output: str, log_path: Opti
                    f"{result.accuracy:.1%} ({result.count:,} bytes){train}", err=True)
 
     def save() -> None:
-        nonlocal saved_step
         tensors, metadata = pretraining.checkpoint_tensors(state), pretraining.checkpoint_metadata(state)
         _write(output, lambda path: npperceiver.save_weights(path, tensors, metadata), suffix=".safetensors")
         if log_path:
             _write(log_path, _history_csv(state, schedule).encode())
-        saved_step = state.step
 
     started = time.perf_counter()
     try:
@@ -766,8 +764,9 @@ def _train_loop(state, schedule, train_ids, heldout, output: str, log_path: Opti
                 if state.step % settings["save_every"] == 0 or state.step == settings["steps"]:
                     save()
     except KeyboardInterrupt:
-        where = (f"{output} holds step {saved_step}, written before the interruption" if saved_step is not None
-                 else f"{output} was left as it was" + (" (it holds the run's previous checkpoint)"
+        on_disk = _checkpoint_step(output)  # what the file holds (a signal may land after its move, before we knew)
+        where = (f"{output} holds step {on_disk}, the last checkpoint" if on_disk is not None
+                 else f"{output} was left as it was" + (" (it holds no train-mlm checkpoint)"
                                                         if os.path.exists(output) else " (nothing was written)"))
         interrupted = CliError(f"interrupted at step {state.step}; {where}. Continue with --resume {output}")
         interrupted.exit_code = 130  # the shell's code for a process stopped by Ctrl-C (128 + SIGINT)
@@ -784,6 +783,15 @@ def _train_loop(state, schedule, train_ids, heldout, output: str, log_path: Opti
     lines.append(f"wrote {output} (step {state.step}; try: npperceiver fill-mask --weights {output} "
                  f"\"...[MASK][MASK]...\")")
     click.echo("\n".join(lines))
+
+
+def _checkpoint_step(path: str) -> Optional[int]:
+    """The step of the train-mlm checkpoint at ``path``, or None (no file, or not a readable checkpoint)."""
+    try:
+        metadata = npperceiver.load_metadata(path)
+        return int(metadata["step"]) if pretraining.is_checkpoint(metadata) else None
+    except (ValueError, KeyError):
+        return None
 
 
 def _rate(bytes_per_second: float) -> str:

@@ -189,10 +189,12 @@ def softmax_backward(
     d_probs, probs: the same shape (..., K). Returns dx (..., K); ``out=d_probs`` overwrites the incoming
     gradient (a caller's own array) instead of making a new one.
     """
-    total = np.einsum("...k,...k->...", d_probs, probs)[..., None] if axis in (-1, probs.ndim - 1) else \
-        (d_probs * probs).sum(axis=axis, keepdims=True)  # (..., 1): sum(dp * p), no full-size temporary
-    dx = np.subtract(d_probs, total, out=out)  # (..., K): dp - sum(dp * p)
-    dx *= probs  # p (dp - sum(dp p)), in torch's order (its softmax backward kernel multiplies last)
+    dp, p = np.moveaxis(d_probs, axis, -1), np.moveaxis(probs, axis, -1)  # views, the softmax axis last
+    total = (dp[..., None, :] @ p[..., :, None])[..., 0]  # (..., 1 x K) @ (..., K x 1) -> (..., 1): sum(dp * p),
+    #   one dot product per row -- no full-size temporary, and BLAS's accumulation (the gradients' parity
+    #   with torch needs it: the key bias's gradient is a sum of these rows, zero but for rounding)
+    dx = np.subtract(d_probs, np.moveaxis(total, -1, axis), out=out)  # (..., K): dp - sum(dp * p)
+    dx *= probs  # p (dp - sum(dp p)): torch's formula, in its order
     return dx
 
 

@@ -414,6 +414,7 @@ def _read_safetensors_header(f: BinaryIO, path: str, size: int) -> "tuple[dict, 
     def bad(message: str) -> ValueError:
         return ValueError(f"{path} is not a valid .safetensors file: {message}")
 
+    if size < 8:
         raise bad(f"it is {size} byte(s) long; the format starts with an 8-byte header length")
     (n,) = struct.unpack("<Q", f.read(8))
     if n > size - 8:

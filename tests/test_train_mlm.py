@@ -188,7 +188,7 @@ def test_resume_continues_exactly_where_the_run_stopped(files, monkeypatch):
 
     _stop_at(monkeypatch, 6)  # Ctrl-C during the sixth update: the checkpoint holds step 4
     stopped = train(files, "part.safetensors", *options, "--log", folder / "part.csv")
-    assert_one_error_line(stopped, 130, r"interrupted at step 5; .*part.safetensors holds step 4.*--resume")
+    assert_one_error_line(stopped, 130, r"interrupted at step 5; .*part.safetensors holds step 4, the last checkpoint.*--resume")
     assert npp.load_metadata(folder / "part.safetensors")["step"] == "4"
     assert no_temporary_files(folder)
     monkeypatch.undo()
