@@ -702,8 +702,9 @@ def train_mlm(ctx: click.Context, text_path: str, output: str, config_name: Opti
     train_part, heldout_part = pretraining.split_corpus(corpus, settings["holdout"])
     width = M - 2
     if len(train_part) < width:
-        raise CliError(f"--text {text_path}: its training part has {len(train_part):,} bytes, fewer than one window of "
-                       f"{width} bytes (--seq-len {M} minus [CLS] and [SEP]); give a longer text or a smaller --seq-len")
+        raise CliError(f"--text {text_path}: its training part has {len(train_part):,} bytes, fewer than one window "
+                       f"of {width} bytes (--seq-len {M} minus [CLS] and [SEP]); give a longer text or a smaller "
+                       "--seq-len")
     if settings["holdout"] and len(heldout_part) < width:
         raise CliError(f"--text {text_path}: its held-out part (--holdout {settings['holdout']:g}) has "
                        f"{len(heldout_part):,} bytes, fewer than one window of {width} bytes; give a longer text, "
@@ -896,10 +897,11 @@ def _resume_state(path: str, params: dict, explicit: set, corpus_id: dict):
             flag = "--" + option.replace("_", "-")
             raise CliError(f"{flag} {params[option]} differs from the resumed run's {state.settings[key]}: a resumed "
                            "run keeps its settings (leave the option out)")
-    if state.settings.get("corpus") != corpus_id:
+    trained_on = state.settings.get("corpus", {})
+    if trained_on != corpus_id:
         raise CliError(f"--text is not the text the run was trained on ({corpus_id['bytes']:,} bytes, sha256 "
-                       f"{corpus_id['sha256'][:12]}...; the run's: {state.settings.get('corpus', {}).get('bytes', '?')} "
-                       f"bytes, sha256 {str(state.settings.get('corpus', {}).get('sha256', '?'))[:12]}...)")
+                       f"{corpus_id['sha256'][:12]}...; the run's: {trained_on.get('bytes', '?')} bytes, sha256 "
+                       f"{str(trained_on.get('sha256', '?'))[:12]}...)")
     return state
 
 

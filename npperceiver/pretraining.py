@@ -190,7 +190,9 @@ class Evaluation:
     count: int
 
 
-def evaluate(model: PerceiverForMaskedLM, input_ids: np.ndarray, labels: np.ndarray, batch_size: int = 64) -> Evaluation:
+def evaluate(
+    model: PerceiverForMaskedLM, input_ids: np.ndarray, labels: np.ndarray, batch_size: int = 64,
+) -> Evaluation:
     """Loss and masked-byte accuracy of ``model`` (no dropout) on fixed masked windows, in batches.
 
     input_ids (K, M), labels (K, P) as :func:`mask_words` gives them."""
@@ -308,8 +310,8 @@ def restore(tensors: Mapping[str, np.ndarray], metadata: Mapping[str, str]) -> T
     if optimizer.step_count != step:
         raise ValueError(f"its optimizer has taken {optimizer.step_count} steps but its metadata says {step}")
     train_loss = [float(x) for x in tensors.get(HISTORY_PREFIX + "train_loss", np.zeros(0))]
-    evaluations = [tuple(float(v) for v in row) for row in tensors.get(HISTORY_PREFIX + "evaluations", np.zeros((0, 3)))]
-    evaluations = [(int(s), loss, acc) for s, loss, acc in evaluations]
+    history = tensors.get(HISTORY_PREFIX + "evaluations", np.zeros((0, 3)))  # (K, 3): step, loss, accuracy
+    evaluations = [(int(step), float(loss), float(acc)) for step, loss, acc in history]
     return TrainingState(model, optimizer, rng, step, settings, train_loss[:step], evaluations)
 
 
