@@ -125,7 +125,7 @@ class AdamW:
                 raise ValueError(f"gradient of {name} has shape {grad.shape}, the parameter {param.shape}")
             if not np.issubdtype(grad.dtype, np.floating):
                 raise ValueError(f"gradient of {name} must be floating-point, got dtype {grad.dtype}")
-            if not np.all(np.isfinite(grad)):
+            if not _all_finite(grad):
                 bad = int(np.sum(~np.isfinite(grad)))
                 raise ValueError(
                     f"gradient of {name} has {bad} non-finite value(s) (NaN or inf); no parameter was updated"
@@ -169,6 +169,17 @@ class AdamW:
             self.exp_avg[name] = np.array(state[f"exp_avg.{name}"], dtype=param.dtype)
             self.exp_avg_sq[name] = np.array(state[f"exp_avg_sq.{name}"], dtype=param.dtype)
         self.step_count = int(step)
+
+
+def _all_finite(x: np.ndarray) -> bool:
+    """Whether every entry of ``x`` is finite. ``sum(x * x)`` (one BLAS dot product: a read-only pass, no
+    temporary array) is finite whenever every entry is, and a NaN or inf entry makes it NaN or inf (its
+    terms are never negative, so nothing cancels); only when it is not finite -- an inf, a NaN, or entries
+    so large their squares overflow -- is every entry looked at."""
+    flat = x.reshape(-1)
+    with np.errstate(over="ignore", invalid="ignore"):  # an overflowing square is looked at below, not warned of
+        square_sum = np.dot(flat, flat)
+    return bool(np.isfinite(square_sum)) or bool(np.all(np.isfinite(flat)))
 
 
 def _lerp_(start: np.ndarray, end: np.ndarray, weight: np.floating, work: "np.ndarray | None" = None) -> None:

@@ -312,3 +312,17 @@ def test_loss_curve_is_read_from_the_log_and_drawn(files):
     pytest.importorskip("matplotlib")
     svg = render_history(history, smoothing=2)
     assert svg.startswith(b"<?xml") and b"held-out loss" in svg
+
+
+def test_adamw_finiteness_check_is_exact():
+    """AdamW checks gradients with one dot product first; entries whose squares overflow float32 are still
+    finite (accepted), and a single NaN or inf anywhere is still refused, naming the count."""
+    model = npp.PerceiverForMaskedLM.init(npp.PerceiverConfig.from_dict(TINY), seed=0)
+    grads = {k: np.zeros_like(v) for k, v in model.state_dict().items()}
+    name = "embedding_decoder.bias"
+    grads[name][0] = 3e30  # its square overflows float32
+    npp.AdamW(model).step(grads)
+    for bad in (np.nan, np.inf, -np.inf):
+        grads[name][1] = bad
+        with pytest.raises(ValueError, match=f"gradient of {name} has 1 non-finite value"):
+            npp.AdamW(model).step(grads)
