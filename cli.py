@@ -7,12 +7,14 @@ exit code 1, no traceback (click's own usage errors exit with 2).
 
 from __future__ import annotations
 
+import hashlib
 import os
 import re
 import signal
 import sys
 import tempfile
 import threading
+import time
 from pathlib import Path
 from typing import Callable, Optional, Union
 
@@ -20,6 +22,7 @@ import click
 import numpy as np
 
 import npperceiver
+from npperceiver import pretraining
 from npperceiver.config import PerceiverConfig
 from npperceiver.presets import available_presets, load_preset
 from npperceiver.trace import (
@@ -309,7 +312,7 @@ def draw_attention(config_name: str, weights: Optional[str], random_init: bool, 
             if am is None and pad_to is not None:
                 am = np.array([encoded["attention_mask"]], np.float32)  # the tokenizer's: 0 on [PAD]
             model = (npperceiver.PerceiverForMaskedLM.init(config, seed=seed) if random_init else
-                     npperceiver.PerceiverForMaskedLM.from_state_dict(config, npperceiver.load_weights(weights)))
+                     npperceiver.PerceiverForMaskedLM.from_state_dict(config, _model_tensors(weights)))
             out = model(np.array([ids]), attention_mask=am, head_mask=hm, output_attentions=True)
             tokens, lm = attention_viz.token_labels(ids), None
         else:
@@ -434,8 +437,9 @@ def _show_token(token_id: int) -> str:
 @main.command("fill-mask")
 @click.argument("text")
 @click.option("--weights", type=click.Path(dir_okay=False), help="PerceiverForMaskedLM weights: .safetensors or .npz.")
-@click.option("--config", "config_name", default="language-perceiver", show_default=True, metavar="PATH_OR_PRESET",
-              help="A JSON config (an HF config.json works), or a bundled preset; must match the weights.")
+@click.option("--config", "config_name", metavar="PATH_OR_PRESET",
+              help="A JSON config (an HF config.json works), or a bundled preset; must match the weights.  "
+                   "[default: the config saved in the weights file (train-mlm), else language-perceiver]")
 @click.option("--random-init", is_flag=True, help="No weights: a seeded random model (predictions are noise).")
 @click.option("--seed", type=click.IntRange(min=0), default=0, show_default=True, help="Seed for --random-init.")
 @click.option("--top-k", type=click.IntRange(1, 262), default=5, show_default=True,
@@ -451,7 +455,13 @@ def fill_mask(text: str, weights: "str | None", config_name: str, random_init: b
     if (weights is None) == (not random_init):
         raise click.UsageError("pass exactly one of --weights FILE and --random-init")
     _check_utf8(text)
-    config, name = _load_config(config_name)
+    state_dict = None
+    if weights is not None:  # the file's own config when it carries one (train-mlm's checkpoints do)
+        state_dict, metadata = _read_mlm_weights(weights, "--weights")
+        config = _config_for_weights(weights, metadata, config_name, default="language-perceiver")
+        name = config_name or weights
+    else:
+        config, name = _load_config(config_name or "language-perceiver")
     _check_text_model(config, name, "fill-mask")
     tokenizer = npperceiver.PerceiverTokenizer()
     input_ids = tokenizer(text)["input_ids"]  # [CLS] bytes [SEP]
@@ -467,7 +477,7 @@ def fill_mask(text: str, weights: "str | None", config_name: str, random_init: b
         if random_init:
             model = npperceiver.PerceiverForMaskedLM.init(config, seed=seed)
         else:
-            model = npperceiver.PerceiverForMaskedLM.from_state_dict(config, npperceiver.load_weights(weights))
+            model = npperceiver.PerceiverForMaskedLM.from_state_dict(config, state_dict)
         spans, filled = npperceiver.text.fill_mask(model, input_ids, top_k=top_k)
     except (OSError, ValueError) as e:
         raise CliError(_one_line(e)) from None
@@ -568,6 +578,331 @@ def _tensor_to_array(torch, tensor, where: str):
         return tensor.cpu().numpy()
     except (RuntimeError, TypeError) as e:  # a dtype numpy does not have
         raise CliError(f"{where} cannot be turned into a numpy array: {_one_line(e, 200)}") from None
+
+
+# ============================================================================ train-mlm
+@main.command("train-mlm", short_help="Train a byte-level masked language model on a text file.")
+@click.option("--text", "text_path", required=True, type=click.Path(dir_okay=False), metavar="FILE",
+              help="The training text (any bytes; UTF-8 text is what fill-mask reads). Its last --holdout share "
+                   "is held out.")
+@click.option("--output", "-o", required=True, metavar="FILE.safetensors",
+              help="The checkpoint: model weights (HF names), optimizer state, step, random state and config. "
+                   "Rewritten atomically every --save-every steps and at the end.")
+@click.option("--config", "config_name", metavar="PATH_OR_PRESET",
+              help="The model: a JSON config or a bundled preset.  [default: small; with --weights or "
+                   "--resume, the file's own]")
+@click.option("--weights", type=click.Path(dir_okay=False), metavar="FILE",
+              help="Start from these PerceiverForMaskedLM weights (.safetensors or .npz) instead of a random init.")
+@click.option("--resume", type=click.Path(dir_okay=False), metavar="CHECKPOINT",
+              help="Continue the run saved in CHECKPOINT (often the same file as -o): weights, AdamW state, step "
+                   "and random state, so it goes on exactly as if it had not stopped. Its settings are kept.")
+@click.option("--steps", type=click.IntRange(min=1), default=2000, show_default=True,
+              help="Total number of updates (the learning-rate schedule spans them).")
+@click.option("--batch-size", type=click.IntRange(min=1), default=32, show_default=True,
+              help="Windows of text per update.")
+@click.option("--seq-len", type=click.IntRange(min=3), metavar="M",
+              help="Tokens per window: [CLS], M-2 bytes, [SEP].  [default: max_position_embeddings, at most 512]")
+@click.option("--lr", type=click.FloatRange(min=0, min_open=True), default=1e-3, show_default=True,
+              help="Peak learning rate of AdamW.")
+@click.option("--warmup", type=click.IntRange(min=0), metavar="STEPS",
+              help="Linear warmup steps, then a cosine decay to 0.  [default: 5% of --steps]")
+@click.option("--weight-decay", type=click.FloatRange(min=0), default=0.01, show_default=True,
+              help="AdamW's decoupled weight decay.")
+@click.option("--clip", type=click.FloatRange(min=0), default=1.0, show_default=True,
+              help="Clip the gradients' global norm to this (0: no clipping).")
+@click.option("--mask-probability", type=click.FloatRange(0, 1, min_open=True, max_open=True), default=0.15,
+              show_default=True, help="Share of words masked (each masked word: 80% [MASK], 10% random bytes, "
+                                      "10% unchanged).")
+@click.option("--dropout/--no-dropout", default=True, show_default=True,
+              help="Attention dropout with the config's attention_probs_dropout_prob, as HF's train() mode.")
+@click.option("--holdout", type=click.FloatRange(0, 1, max_open=True), default=0.1, show_default=True,
+              help="Share of the text, at its end, held out for the held-out loss (0: none).")
+@click.option("--eval-every", type=click.IntRange(min=1), default=100, show_default=True, metavar="STEPS",
+              help="Measure the held-out loss and masked-byte accuracy this often (and before the first step).")
+@click.option("--eval-windows", type=click.IntRange(min=1), default=128, show_default=True, metavar="N",
+              help="Held-out windows scored each time (spread evenly over the held-out text).")
+@click.option("--save-every", type=click.IntRange(min=1), default=200, show_default=True, metavar="STEPS",
+              help="Write the checkpoint this often (and at the end).")
+@click.option("--log", "log_path", metavar="FILE.csv",
+              help="Also write the history as CSV: step, lr, train_loss, heldout_loss, heldout_accuracy "
+                   "(rewritten with each checkpoint; `python benchmarks/plot_training.py FILE.csv` draws it).")
+@click.option("--seed", type=click.IntRange(min=0), default=0, show_default=True,
+              help="Seed of the random init, the windows, the masking and the dropout.")
+@click.pass_context
+def train_mlm(ctx: click.Context, text_path: str, output: str, config_name: Optional[str], weights: Optional[str],
+              resume: Optional[str], steps: int, batch_size: int, seq_len: Optional[int], lr: float,
+              warmup: Optional[int], weight_decay: float, clip: float, mask_probability: float, dropout: bool,
+              holdout: float, eval_every: int, eval_windows: int, save_every: int, log_path: Optional[str],
+              seed: int) -> None:
+    """Train a byte-level masked language model (PerceiverForMaskedLM) on a text file, from a random init,
+    from --weights, or continuing a run (--resume).
+
+    Each update reads --batch-size random windows of the text and masks whole words, as the Perceiver IO
+    paper's MLM does: 15% of the words (a word with the whitespace before it), each masked word's bytes
+    becoming [MASK] (80%), random bytes (10%) or staying (10%); the loss is the cross-entropy on the
+    bytes of the masked words. AdamW, a warmup + cosine learning rate, gradient clipping. The held-out
+    loss and the masked-byte accuracy are measured on fixed masked windows of the held-out text.
+
+    Ctrl-C stops the run and leaves the last checkpoint as it was (continue with --resume). The checkpoint
+    is a .safetensors file with the config inside: `npperceiver fill-mask --weights FILE` needs no --config.
+    Small configs run faster with one BLAS thread: OPENBLAS_NUM_THREADS=1 npperceiver train-mlm ...
+
+    \b
+    Examples:
+      npperceiver train-mlm --config small --text data/alice.txt --steps 2000 -o mlm.safetensors
+      npperceiver train-mlm --text data/alice.txt --resume mlm.safetensors -o mlm.safetensors
+      npperceiver fill-mask --weights mlm.safetensors "Alice was beginning to get very[MASK][MASK][MASK][MASK][MASK]"
+    """
+    if not output.endswith(".safetensors"):
+        raise click.BadParameter(f"{output} must end in .safetensors (the checkpoint keeps its config in the "
+                                 "file's metadata)", param_hint="'-o' / '--output'")
+    if weights is not None and resume is not None:
+        raise click.UsageError("pass at most one of --weights (start from weights) and --resume (continue a run)")
+    corpus = _read_corpus(text_path)
+    explicit = {name for name in ctx.params if ctx.get_parameter_source(name) == click.core.ParameterSource.COMMANDLINE}
+    corpus_id = {"bytes": len(corpus), "sha256": hashlib.sha256(corpus).hexdigest()}
+
+    if resume is not None:
+        state = _resume_state(resume, ctx.params, explicit, corpus_id)
+        settings = state.settings
+        settings["steps"] = steps if "steps" in explicit else settings["steps"]
+        if settings["steps"] <= state.step:
+            raise CliError(f"--resume {resume} is at step {state.step}, the end of its {settings['steps']} steps: "
+                           f"nothing to do (pass a larger --steps to go on)")
+        config = state.model.config
+    else:
+        if weights is not None:
+            tensors, metadata = _read_mlm_weights(weights, "--weights")
+            config = _config_for_weights(weights, metadata, config_name)
+            try:
+                model = npperceiver.PerceiverForMaskedLM.from_state_dict(config, tensors)
+            except ValueError as e:
+                raise CliError(f"--weights {weights}: {_one_line(e)}") from None
+        else:
+            config, name = _load_config(config_name or "small")
+            _check_text_model(config, name, "train-mlm")
+            model = npperceiver.PerceiverForMaskedLM.init(config, seed=seed)
+        P = config.max_position_embeddings
+        settings = dict(
+            steps=steps, batch_size=batch_size, seq_len=seq_len or min(P, 512), lr=lr,
+            warmup_steps=warmup if warmup is not None else max(1, steps // 20) if steps > 1 else 0,
+            weight_decay=weight_decay, clip=clip, mask_probability=mask_probability, dropout=dropout,
+            holdout=holdout, eval_every=eval_every, eval_windows=eval_windows, save_every=save_every, seed=seed,
+            corpus=corpus_id, started_from=os.path.basename(weights) if weights else "random init",
+        )
+        if settings["seq_len"] > P:
+            raise CliError(f"--seq-len {settings['seq_len']} is longer than the model's max_position_embeddings ({P})")
+        if settings["warmup_steps"] > steps:
+            raise CliError(f"--warmup {settings['warmup_steps']} is longer than --steps {steps}")
+        state = pretraining.TrainingState(
+            model=model, optimizer=npperceiver.AdamW(model, lr=lr, weight_decay=weight_decay),
+            rng=np.random.default_rng(seed), step=0, settings=settings, train_loss=[], evaluations=[])
+
+    M, P = settings["seq_len"], config.max_position_embeddings
+    train_part, heldout_part = pretraining.split_corpus(corpus, settings["holdout"])
+    width = M - 2
+    if len(train_part) < width:
+        raise CliError(f"--text {text_path}: its training part has {len(train_part):,} bytes, fewer than one window "
+                       f"of {width} bytes (--seq-len {M} minus [CLS] and [SEP]); give a longer text or a smaller "
+                       "--seq-len")
+    if settings["holdout"] and len(heldout_part) < width:
+        raise CliError(f"--text {text_path}: its held-out part (--holdout {settings['holdout']:g}) has "
+                       f"{len(heldout_part):,} bytes, fewer than one window of {width} bytes; give a longer text, "
+                       "a larger --holdout, or --holdout 0")
+    train_ids = pretraining.byte_ids(train_part)
+    heldout = (pretraining.heldout_set(heldout_part, M, P, settings["eval_windows"])
+               if settings["holdout"] else None)
+    schedule = pretraining.Schedule(lr=settings["lr"], warmup_steps=settings["warmup_steps"],
+                                    total_steps=settings["steps"], weight_decay=settings["weight_decay"],
+                                    max_grad_norm=settings["clip"] or None)
+    _train_loop(state, schedule, train_ids, heldout, output, log_path, text_path)
+
+
+def _train_loop(state, schedule, train_ids, heldout, output: str, log_path: Optional[str], text_path: str) -> None:
+    """The updates, evaluations and checkpoints of train-mlm, with a progress bar on stderr."""
+    settings, model = state.settings, state.model
+    B, M, P = settings["batch_size"], settings["seq_len"], model.config.max_position_embeddings
+    first_step = state.step
+    first_eval = None if not state.evaluations else state.evaluations[0]
+
+    def evaluate() -> None:
+        if heldout is None:
+            return
+        result = pretraining.evaluate(model, *heldout)
+        state.evaluations.append((state.step, result.loss, result.accuracy))
+        recent = state.train_loss[-settings["eval_every"]:]
+        train = f"; train loss {np.mean(recent):.3f}" if recent else ""
+        end_bar_line = "\n" if sys.stderr.isatty() else ""  # the progress bar's line is still open there
+        click.echo(f"{end_bar_line}step {state.step}: held-out loss {result.loss:.3f}, masked-byte accuracy "
+                   f"{result.accuracy:.1%} ({result.count:,} bytes){train}", err=True)
+
+    def save() -> None:
+        tensors, metadata = pretraining.checkpoint_tensors(state), pretraining.checkpoint_metadata(state)
+        _write(output, lambda path: npperceiver.save_weights(path, tensors, metadata), suffix=".safetensors")
+        if log_path:
+            _write(log_path, _history_csv(state, schedule).encode())
+
+    started = time.perf_counter()
+    try:
+        if state.step == 0:
+            evaluate()  # before the first update: the "before" of the run's numbers
+            first_eval = state.evaluations[0] if state.evaluations else None
+        with click.progressbar(length=settings["steps"] - first_step, label="train-mlm", file=sys.stderr,
+                               item_show_func=lambda status: status, show_eta=True) as bar:
+            while state.step < settings["steps"]:
+                windows = pretraining.sample_windows(train_ids, B, M, state.rng)  # (B, M)
+                input_ids, labels = pretraining.mask_words(windows, P, state.rng, settings["mask_probability"])
+                loss, _ = pretraining.train_step(
+                    model, state.optimizer, input_ids, labels, schedule.lr_at(state.step), schedule.max_grad_norm,
+                    dropout_rng=state.rng if settings["dropout"] else None)
+                state.step += 1
+                state.train_loss.append(loss)
+                done = state.step - first_step
+                speed = done * B * (M - 2) / max(time.perf_counter() - started, 1e-9)
+                bar.update(1, f"step {state.step} loss {loss:.3f} {_rate(speed)}")
+                if state.step % settings["eval_every"] == 0 or state.step == settings["steps"]:
+                    evaluate()
+                if state.step % settings["save_every"] == 0 or state.step == settings["steps"]:
+                    save()
+    except KeyboardInterrupt:
+        on_disk = _checkpoint_step(output)  # what the file holds (a signal may land after its move, before we knew)
+        where = (f"{output} holds step {on_disk}, the last checkpoint" if on_disk is not None
+                 else f"{output} was left as it was" + (" (it holds no train-mlm checkpoint)"
+                                                        if os.path.exists(output) else " (nothing was written)"))
+        interrupted = CliError(f"interrupted at step {state.step}; {where}. Continue with --resume {output}")
+        interrupted.exit_code = 130  # the shell's code for a process stopped by Ctrl-C (128 + SIGINT)
+        raise interrupted from None
+    elapsed = time.perf_counter() - started
+    steps_done = state.step - first_step
+    lines = [f"trained steps {first_step}-{state.step} of {settings['steps']} in {elapsed:.1f} s "
+             f"({_rate(steps_done * B * (M - 2) / max(elapsed, 1e-9))}; batch {B} x {M - 2} bytes)"]
+    if first_eval is not None and state.evaluations:
+        _, loss0, acc0 = first_eval
+        _, loss1, acc1 = state.evaluations[-1]
+        lines.append(f"held-out loss {loss0:.3f} -> {loss1:.3f} nats per masked byte, "
+                     f"masked-byte accuracy {acc0:.1%} -> {acc1:.1%}")
+    lines.append(f"wrote {output} (step {state.step}; try: npperceiver fill-mask --weights {output} "
+                 f"\"...[MASK][MASK]...\")")
+    click.echo("\n".join(lines))
+
+
+def _checkpoint_step(path: str) -> Optional[int]:
+    """The step of the train-mlm checkpoint at ``path``, or None (no file, or not a readable checkpoint)."""
+    try:
+        metadata = npperceiver.load_metadata(path)
+        return int(metadata["step"]) if pretraining.is_checkpoint(metadata) else None
+    except (ValueError, KeyError):
+        return None
+
+
+def _rate(bytes_per_second: float) -> str:
+    """``12.3 kB/s``: training bytes read per second."""
+    return f"{bytes_per_second / 1e3:.1f} kB/s" if bytes_per_second < 1e6 else f"{bytes_per_second / 1e6:.2f} MB/s"
+
+
+def _history_csv(state, schedule) -> str:
+    """The run's history, one row per step (0 = before the first update): the learning rate of the update that
+    led to it, its training loss, and the held-out numbers where they were measured."""
+    evaluations = {step: (loss, acc) for step, loss, acc in state.evaluations}
+    rows = ["step,lr,train_loss,heldout_loss,heldout_accuracy"]
+    for step in range(state.step + 1):
+        lr = f"{schedule.lr_at(step - 1):.6g}" if step else ""
+        train = f"{state.train_loss[step - 1]:.6f}" if step else ""
+        heldout = evaluations.get(step)
+        rows.append(f"{step},{lr},{train}," + (f"{heldout[0]:.6f},{heldout[1]:.6f}" if heldout else ","))
+    return "\n".join(rows) + "\n"
+
+
+def _read_corpus(path: str) -> bytes:
+    """The training text's bytes; one-line errors for a missing, unreadable or empty file."""
+    try:
+        with open(path, "rb") as f:
+            data = f.read()
+    except FileNotFoundError:
+        raise CliError(f"--text {path}: no such file") from None
+    except OSError as e:
+        raise CliError(f"--text {path}: cannot read it: {e.strerror or e}") from None
+    if not data.strip():
+        raise CliError(f"--text {path} is empty" + (" (whitespace only)" if data else "") + ": nothing to train on")
+    return data
+
+
+def _model_tensors(path: str) -> dict:
+    """A weight file's model tensors: all of them, but a train-mlm checkpoint's optimizer state and history."""
+    return pretraining.model_weights(npperceiver.load_weights(path))
+
+
+def _read_mlm_weights(path: str, option: str) -> tuple[dict, dict]:
+    """A PerceiverForMaskedLM weight file's model tensors (a train-mlm checkpoint's optimizer state and history
+    left out) and its metadata; a one-line error for a file of another kind."""
+    try:
+        metadata = npperceiver.load_metadata(path)
+        tensors = npperceiver.load_weights(path)
+    except ValueError as e:
+        raise CliError(f"{option} {path}: {_one_line(e)}") from None
+    kind = metadata.get("model") or pretraining.describe_weights(tensors)
+    if kind == "PerceiverModel":
+        raise CliError(f"{option} {path} holds PerceiverModel (encoder-only) weights, not a masked language model's "
+                       "(PerceiverForMaskedLM: text preprocessor, encoder, decoder)")
+    if kind != "PerceiverForMaskedLM":
+        raise CliError(f"{option} {path} does not hold PerceiverForMaskedLM weights (no perceiver.input_preprocessor.* "
+                       "and embedding_decoder.bias tensors)")
+    return pretraining.model_weights(tensors), metadata
+
+
+def _config_for_weights(path: str, metadata: dict, config_name: Optional[str], default: Optional[str] = None):
+    """The config of a weight file: the one it carries (a train-mlm checkpoint), which an explicit --config must
+    match; else --config, else ``default`` (else an error)."""
+    try:
+        carried = pretraining.config_from_metadata(metadata)
+    except ValueError as e:
+        raise CliError(f"{path}: {e}") from None
+    if carried is None:
+        if config_name is None and default is None:
+            raise CliError(f"{path} carries no config (it was not written by train-mlm): pass --config")
+        config, name = _load_config(config_name or default)
+        _check_mlm(config, name)
+        return config
+    if config_name is not None:
+        config, name = _load_config(config_name)
+        if config.to_dict() != carried.to_dict():
+            changed = sorted(k for k, v in config.to_dict().items() if carried.to_dict().get(k) != v)
+            raise CliError(f"--config {config_name} differs from the config saved in {path} "
+                           f"({', '.join(changed[:4])}{'...' if len(changed) > 4 else ''}); leave --config out "
+                           "to use the saved one")
+    click.echo(f"config: saved in {path}", err=True)
+    return carried
+
+
+def _resume_state(path: str, params: dict, explicit: set, corpus_id: dict):
+    """The training state saved in a train-mlm checkpoint; one-line errors for anything else, and for options
+    that contradict the run's saved settings."""
+    if not os.path.exists(path):
+        raise CliError(f"--resume {path}: no such file")
+    try:
+        metadata = npperceiver.load_metadata(path)
+        if not pretraining.is_checkpoint(metadata):
+            kind = pretraining.describe_weights(npperceiver.load_weights(path))
+            raise CliError(f"--resume {path} is not a train-mlm checkpoint ({kind} weights without optimizer "
+                           f"state); to start a new run from its weights, use --weights {path}")
+        state = pretraining.restore(npperceiver.load_weights(path), metadata)
+    except ValueError as e:
+        raise CliError(f"--resume {path}: {_one_line(e)}") from None
+    if params.get("config_name") is not None:
+        _config_for_weights(path, metadata, params["config_name"])
+    renamed = {"warmup": "warmup_steps"}
+    for option in sorted(explicit - {"text_path", "output", "resume", "steps", "log_path", "config_name"}):
+        key = renamed.get(option, option)
+        if key in state.settings and params[option] != state.settings[key]:
+            flag = "--" + option.replace("_", "-")
+            raise CliError(f"{flag} {params[option]} differs from the resumed run's {state.settings[key]}: a resumed "
+                           "run keeps its settings (leave the option out)")
+    trained_on = state.settings.get("corpus", {})
+    if trained_on != corpus_id:
+        raise CliError(f"--text is not the text the run was trained on ({corpus_id['bytes']:,} bytes, sha256 "
+                       f"{corpus_id['sha256'][:12]}...; the run's: {trained_on.get('bytes', '?')} bytes, sha256 "
+                       f"{str(trained_on.get('sha256', '?'))[:12]}...)")
+    return state
 
 
 # ---------------------------------------------------------------------------- helpers

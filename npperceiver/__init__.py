@@ -23,7 +23,7 @@ from .masks import MASK_MIN, get_head_mask, invert_attention_mask
 from .model import PerceiverModel, PerceiverModelOutput
 from .presets import available_presets, load_preset
 from .dims import AttentionDims
-from .weights import load_weights, param_shapes, save_weights
+from .weights import load_metadata, load_weights, param_shapes, save_weights
 from .text import PerceiverForMaskedLM, PerceiverMaskedLMOutput, mlm_param_shapes
 from .tokenizer import PerceiverTokenizer
 from .optim import AdamW, clip_grad_norm, warmup_cosine_lr
@@ -33,7 +33,7 @@ __version__ = "0.1.0"
 __all__ = [
     "MASK_MIN", "AttentionDims", "EncoderOutput", "PerceiverConfig", "PerceiverModel", "PerceiverModelOutput",
     "available_presets", "get_head_mask", "invert_attention_mask", "latent_array", "load_preset",
-    "load_weights", "param_shapes", "perceiver_attention", "perceiver_encoder", "perceiver_layer",
+    "load_metadata", "load_weights", "param_shapes", "perceiver_attention", "perceiver_encoder", "perceiver_layer",
     "perceiver_mlp", "perceiver_self_attention", "save_weights", "scaled_dot_product_attention",
     "streaming_cross_attention",
     "__version__",

@@ -176,7 +176,7 @@ def cross_attention_keys_values_backward(
 
 def streaming_cross_attention(
     params: Params, hidden_states: np.ndarray, inputs: np.ndarray, num_heads: int,
-    inputs_mask: Optional[np.ndarray] = None, chunk_size: int = 2048,
+    inputs_mask: Optional[np.ndarray] = None, chunk_size: int = 2048, cache: Optional[Cache] = None,
 ) -> np.ndarray:
     """:func:`perceiver_self_attention` as a cross-attention, over the inputs ``chunk_size`` at a time.
 
@@ -189,13 +189,14 @@ def streaming_cross_attention(
 
     hidden_states (B, Q, q_dim), the latents; inputs (B, M, kv_dim); ``inputs_mask`` additive, broadcastable
     to (B, H, Q, M). Returns the merged context (B, Q, v), but no probabilities: they are never whole. No
-    head mask: the cross-attention never gets one.
+    head mask: the cross-attention never gets one; no dropout (the encoder uses the one-pass attention then).
 
-    Inference only: it has no backward. Training runs the one-pass :func:`perceiver_self_attention`, whose
-    backward needs the whole probabilities (the encoder switches to it when given a ``cache``).
+    ``cache``: records what :func:`streaming_cross_attention_backward` needs -- the latents, the queries, each
+    row's final max and sum, the context -- but nothing of size M except the inputs themselves, which the
+    caller holds anyway: the backward recomputes each chunk's keys, values and probabilities.
     """
-    hidden_states = layer_norm(hidden_states, **params["layernorm1"])  # (B, Q, q_dim)
-    queries = split_heads(linear(hidden_states, **params["query"]), num_heads)  # (B, Q, qk) -> (B, H, Q, qk/H)
+    normed = layer_norm(hidden_states, **params["layernorm1"])  # (B, Q, q_dim)
+    queries = split_heads(linear(normed, **params["query"]), num_heads)  # (B, Q, qk) -> (B, H, Q, qk/H)
     scale = np.float32(math.sqrt(queries.shape[-1]))
     for start in range(0, inputs.shape[1], chunk_size):
         stop = start + chunk_size
@@ -218,7 +219,70 @@ def streaming_cross_attention(
         context += chunk_context
         running_max = new_max
     context /= running_sum  # (B, H, Q, dv) / (B, H, Q, 1): the softmax's normalisation
+    if cache is not None:
+        cache.update(streamed=True, is_cross=True, hidden_states=hidden_states, normed=normed, queries=queries,
+                     inputs=inputs, inputs_mask=inputs_mask, chunk_size=chunk_size, row_max=running_max,
+                     row_sum=running_sum, context=context)
     return merge_heads(context)  # (B, H, Q, v/H) -> (B, Q, v)
+
+
+def streaming_cross_attention_backward(
+    d_context: np.ndarray, params: Params, cache: Cache
+) -> tuple[np.ndarray, np.ndarray, Params]:
+    """Backward of :func:`streaming_cross_attention`, a chunk of inputs at a time, recomputing each chunk's keys,
+    values and probabilities ``p = exp(s - row max) / row sum`` from the forward's final max and sum (the
+    FlashAttention backward). With ``D = sum_k p_k dp_k = sum(d_context * context)`` per row:
+
+    ``dv = p^T dc;  dp = dc v^T;  ds = p (dp - D) / sqrt(dqk);  dq += ds k;  dk = ds^T q``, then each chunk's
+    keys and values go back through their projections and ``layernorm2`` to that chunk's inputs, and the
+    weights' gradients add up over the chunks. Memory: one chunk's (B, H, Q, m) arrays, as in the forward.
+
+    d_context: (B, Q, v). Returns d_hidden_states (B, Q, q_dim), d_inputs (B, M, kv_dim) and the gradients of
+    ``params`` -- what :func:`perceiver_self_attention_backward` gives for the one-pass cross-attention.
+    """
+    queries, context, inputs, inputs_mask = cache["queries"], cache["context"], cache["inputs"], cache["inputs_mask"]
+    row_max, row_sum_, chunk_size = cache["row_max"], cache["row_sum"], cache["chunk_size"]
+    num_heads = queries.shape[1]
+    scale = np.float32(math.sqrt(queries.shape[-1]))
+    d_context = merge_heads_backward(d_context, num_heads)  # (B, Q, v) -> (B, H, Q, dv)
+    delta = np.einsum("bhqd,bhqd->bhq", d_context, context)[..., None]  # (B, H, Q, 1): D = sum_k p_k dp_k
+    d_queries = np.zeros_like(queries)  # (B, H, Q, dqk)
+    d_inputs = np.empty_like(inputs)  # (B, M, kv_dim), filled chunk by chunk
+    grads: Params = {}
+    for start in range(0, inputs.shape[1], chunk_size):
+        stop = start + chunk_size
+        chunk_cache: Cache = {}
+        keys, values = cross_attention_keys_values(params, inputs[:, start:stop], num_heads, cache=chunk_cache)
+        probs = queries @ keys.swapaxes(-1, -2)  # (B, H, Q, m): the scores, recomputed as in the forward
+        probs /= scale
+        if inputs_mask is not None:
+            probs += inputs_mask if inputs_mask.shape[-1] == 1 else inputs_mask[..., start:stop]
+        probs -= row_max  # (B, H, Q, m) - (B, H, Q, 1)
+        np.exp(probs, out=probs)
+        probs /= row_sum_  # (B, H, Q, m): the forward's probabilities of this chunk
+        d_values = probs.swapaxes(-1, -2) @ d_context  # (B, H, m, Q) @ (B, H, Q, dv) -> (B, H, m, dv)
+        d_scores = d_context @ values.swapaxes(-1, -2)  # (B, H, Q, dv) @ (B, H, dv, m) -> (B, H, Q, m): dp
+        d_scores -= delta  # dp - D
+        d_scores *= probs  # ds = p (dp - D): a masked input (p = 0) gets exactly 0
+        d_scores /= scale
+        d_queries += d_scores @ keys  # (B, H, Q, m) @ (B, H, m, dqk) -> (B, H, Q, dqk), summed over chunks
+        d_keys = d_scores.swapaxes(-1, -2) @ queries  # (B, H, m, Q) @ (B, H, Q, dqk) -> (B, H, m, dqk)
+        d_inputs[:, start:stop], chunk_grads = cross_attention_keys_values_backward(d_keys, d_values, params,
+                                                                                    chunk_cache)
+        grads = chunk_grads if not grads else _add_grads(grads, chunk_grads)  # the weights: summed over chunks
+    d_normed, grads["query"] = linear_backward(split_heads_backward(d_queries), cache["normed"], **params["query"])
+    d_hidden_states, grads["layernorm1"] = layer_norm_backward(d_normed, cache["hidden_states"], **params["layernorm1"])
+    return d_hidden_states, d_inputs, grads
+
+
+def _add_grads(total: Params, grads: Params) -> Params:
+    """``total += grads`` over two dicts of the same layout (``{"key": {"weight": ..., "bias": ...}, ...}``)."""
+    for name, value in grads.items():
+        if isinstance(value, dict):
+            _add_grads(total[name], value)
+        else:
+            total[name] += value
+    return total
 
 
 def perceiver_self_attention(
@@ -267,13 +331,16 @@ def perceiver_self_attention_backward(
     d_context: (B, Q, v). Returns d_hidden_states (B, Q, q_dim), d_inputs (B, K, kv_dim) or None for a
     self-attention, and the parameter gradients laid out like ``params``.
     """
+    if cache.get("streamed"):  # the encoder streamed this cross-attention over the inputs
+        return streaming_cross_attention_backward(d_context, params, cache)
     normed, grads = cache["normed"], {}
     num_heads = cache["attention"]["query"].shape[1]
     d_query, d_key, d_value = scaled_dot_product_attention_backward(
-        merge_heads_backward(d_context, num_heads), cache["attention"])  # (B, H, Q, dqk), (B, H, K, d*) x2
+        merge_heads_backward(d_context, num_heads), cache.pop("attention"))  # (B, H, Q, dqk), (B, H, K, d*) x2;
+    #   the core's record (queries, keys, values, probabilities) is used up: freed before the projections
     d_normed, grads["query"] = linear_backward(split_heads_backward(d_query), normed, **params["query"])
     if cache["is_cross"]:
-        d_inputs, input_grads = cross_attention_keys_values_backward(d_key, d_value, params, cache["inputs"])
+        d_inputs, input_grads = cross_attention_keys_values_backward(d_key, d_value, params, cache.pop("inputs"))
         grads.update(input_grads)
     else:  # the keys and values came from the same normed latents: their gradients add up there
         d_inputs = None
@@ -337,8 +404,9 @@ def perceiver_attention_backward(
     d_attention_output: (B, Q, out). Returns d_hidden_states (B, Q, q_dim), d_inputs (B, K, kv_dim) or None,
     and ``{"self": ..., "output": ...}``.
     """
-    d_context, output_grads = perceiver_self_output_backward(d_attention_output, params["output"], cache["output"])
-    d_hidden_states, d_inputs, self_grads = perceiver_self_attention_backward(d_context, params["self"], cache["self"])
+    d_context, output_grads = perceiver_self_output_backward(d_attention_output, params["output"], cache.pop("output"))
+    d_hidden_states, d_inputs, self_grads = perceiver_self_attention_backward(d_context, params["self"],
+                                                                              cache.pop("self"))
     if cache["use_query_residual"]:
         d_hidden_states += d_attention_output  # (B, Q, q_dim): the residual's gradient
     return d_hidden_states, d_inputs, {"self": self_grads, "output": output_grads}

@@ -80,9 +80,10 @@ def perceiver_encoder(
     output_attentions : also return every layer's probabilities.
     cross_attention_chunk_size : stream the cross-attention over the inputs this many at a time (an
         online softmax, :func:`~npperceiver.attention.streaming_cross_attention`), so its memory stays flat
-        as M grows; same result to float32 rounding. Not used with ``output_attentions`` (the
-        (B, Hc, N, M) probabilities are then whole anyway), with a ``cache`` (its backward needs them whole)
-        or when the inputs fit in one chunk.
+        as M grows; same result to float32 rounding. With a ``cache`` (training), its backward streams too,
+        recomputing each chunk, so training memory stays flat as well. Not used with ``output_attentions``
+        (the (B, Hc, N, M) probabilities are then whole anyway), with dropout, or when the inputs fit in one
+        chunk.
     dropout : training-mode dropout on every attention's probabilities; None (the default) is HF's ``eval()``.
     cache : a dict to record what :func:`perceiver_encoder_backward` needs; None records nothing.
     """
@@ -93,9 +94,10 @@ def perceiver_encoder(
     # The cross-attention: latents attend to the inputs (the latent attention_mask is not used here).
     M = inputs.shape[1]
     streamed = cross_attention_chunk_size is not None and M > cross_attention_chunk_size
-    if streamed and not output_attentions and cache is None and dropout is None:
+    if streamed and not output_attentions and dropout is None:
         hidden_states, cross_probs = _streamed_cross_attention_layer(
-            cross, config, hidden_states, inputs, inputs_mask, cross_attention_chunk_size), None
+            cross, config, hidden_states, inputs, inputs_mask, cross_attention_chunk_size,
+            cache=child(cache, "cross_attention")), None
     else:
         hidden_states, cross_probs = perceiver_layer(
             cross, hidden_states, config.num_cross_attention_heads,
@@ -139,6 +141,12 @@ def perceiver_encoder_backward(
     zeroes head h silences h in layer i of *every* block, so that head's slice of layer i's (shared) q/k/v
     weights gets no gradient from any application.
 
+    The backward *uses up* ``cache``, as torch frees a graph's saved tensors during ``backward()``: each
+    layer's record is dropped as soon as its backward has run, so the activations of the layers already
+    done are freed while the gradients of the rest are made (the step's peak memory is the gradients plus
+    what is left to go back through, not the gradients plus every activation). Record a new cache for
+    each backward.
+
     d_last_hidden_state: (B, N, D). Returns d_hidden_states (B, N, D) -- the gradient of the latent array
     as broadcast, see :func:`latent_array_backward` -- d_inputs (B, M, C), and the gradients of ``params``
     (``{"cross_attention": ..., "self_attends": [S layers]}``).
@@ -146,12 +154,13 @@ def perceiver_encoder_backward(
     self_attends = params["self_attends"]
     self_grads: list[Optional[Params]] = [None] * len(self_attends)
     d_hidden_states = d_last_hidden_state
-    for layer_cache in reversed(cache["self_attends"]):
-        i = layer_cache["index"]
-        d_hidden_states, _, grads = perceiver_layer_backward(d_hidden_states, self_attends[i], layer_cache)
+    applications = cache["self_attends"]
+    while applications:  # last application first; each record is dropped once used (see below)
+        i = applications[-1]["index"]
+        d_hidden_states, _, grads = perceiver_layer_backward(d_hidden_states, self_attends[i], applications.pop())
         self_grads[i] = grads if self_grads[i] is None else _accumulate(self_grads[i], grads)  # shared: sum
     d_hidden_states, d_inputs, cross_grads = perceiver_layer_backward(
-        d_hidden_states, params["cross_attention"], cache["cross_attention"])  # (B, N, D), (B, M, C)
+        d_hidden_states, params["cross_attention"], cache.pop("cross_attention"))  # (B, N, D), (B, M, C)
     return d_hidden_states, d_inputs, {"cross_attention": cross_grads, "self_attends": self_grads}
 
 
@@ -167,17 +176,27 @@ def _accumulate(total: Params, grads: Params) -> Params:
 
 def _streamed_cross_attention_layer(
     params: Params, config: PerceiverConfig, hidden_states: np.ndarray, inputs: np.ndarray,
-    inputs_mask: Optional[np.ndarray], chunk_size: int,
+    inputs_mask: Optional[np.ndarray], chunk_size: int, cache: Optional[Cache] = None,
 ) -> np.ndarray:
     """``encoder.cross_attention`` -- the same ``perceiver_layer`` -- with its attention streamed over the
-    inputs ``chunk_size`` at a time. (B, N, D) -> (B, N, D); no probabilities (they are never whole)."""
+    inputs ``chunk_size`` at a time. (B, N, D) -> (B, N, D); no probabilities (they are never whole).
+
+    ``cache`` is laid out as :func:`~npperceiver.layers.perceiver_layer`'s, so its backward is
+    ``perceiver_layer_backward``; the streamed attention's part recomputes each chunk there
+    (:func:`~npperceiver.attention.streaming_cross_attention_backward`), so training memory stays flat in M too."""
     attention = params["attention"]
+    attention_cache = child(cache, "attention")
     context = streaming_cross_attention(
         attention["self"], hidden_states, inputs, config.num_cross_attention_heads, inputs_mask, chunk_size,
+        cache=child(attention_cache, "self"),
     )  # (B, N, v)
-    attention_output = perceiver_self_output(attention["output"], context)  # (B, N, v) -> (B, N, D)
+    attention_output = perceiver_self_output(attention["output"], context,
+                                             cache=child(attention_cache, "output"))  # (B, N, v) -> (B, N, D)
     if config.use_query_residual:
         attention_output += hidden_states  # (B, N, D)
-    layer_output = feed_forward(params, attention_output, config.hidden_act)  # (B, N, D)
+    if attention_cache is not None:
+        attention_cache["use_query_residual"] = config.use_query_residual
+    layer_output = feed_forward(params, attention_output, config.hidden_act,
+                                cache=child(cache, "feed_forward"))  # (B, N, D)
     layer_output += attention_output  # residual around the MLP
     return layer_output

@@ -138,7 +138,8 @@ def layer_norm_backward(
     mean_d = row_sum(d_x_hat) / dim  # (..., 1)
     mean_d_x_hat = np.einsum("...i,...i->...", d_x_hat, x_hat)[..., None] / dim  # (..., 1)
     dx = np.subtract(d_x_hat, mean_d, out=d_x_hat)  # (..., dim)
-    dx -= x_hat * mean_d_x_hat
+    x_hat *= mean_d_x_hat  # in place: x_hat (our own array) is not needed any more
+    dx -= x_hat
     dx *= rstd
     if scale is not None:
         dx /= scale
@@ -188,8 +189,12 @@ def softmax_backward(
     d_probs, probs: the same shape (..., K). Returns dx (..., K); ``out=d_probs`` overwrites the incoming
     gradient (a caller's own array) instead of making a new one.
     """
-    dx = np.multiply(d_probs, probs, out=out)  # (..., K): dp * p
-    dx -= probs * dx.sum(axis=axis, keepdims=True)  # (..., K) * (..., 1): - p * sum(dp * p)
+    dp, p = np.moveaxis(d_probs, axis, -1), np.moveaxis(probs, axis, -1)  # views, the softmax axis last
+    total = (dp[..., None, :] @ p[..., :, None])[..., 0]  # (..., 1 x K) @ (..., K x 1) -> (..., 1): sum(dp * p),
+    #   one dot product per row -- no full-size temporary, and BLAS's accumulation (the gradients' parity
+    #   with torch needs it: the key bias's gradient is a sum of these rows, zero but for rounding)
+    dx = np.subtract(d_probs, np.moveaxis(total, -1, axis), out=out)  # (..., K): dp - sum(dp * p)
+    dx *= probs  # p (dp - sum(dp p)): torch's formula, in its order
     return dx
 
 

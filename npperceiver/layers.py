@@ -65,7 +65,7 @@ def feed_forward_backward(d_out: np.ndarray, params: Params, cache: Cache) -> tu
     ``{"layernorm": ..., "mlp": ...}``.
     """
     grads = {}
-    d_normed, grads["mlp"] = perceiver_mlp_backward(d_out, params["mlp"], cache["mlp"])  # (B, T, D)
+    d_normed, grads["mlp"] = perceiver_mlp_backward(d_out, params["mlp"], cache.pop("mlp"))  # (B, T, D)
     d_attention_output, grads["layernorm"] = layer_norm_backward(
         d_normed, cache["attention_output"], **params["layernorm"])  # (B, T, D)
     return d_attention_output, grads
@@ -110,8 +110,8 @@ def perceiver_layer_backward(
     d_layer_output: (B, N, D). Returns d_hidden_states (B, N, D), d_inputs (B, M, C) for a cross-attention
     (None for a self-attention) and the parameter gradients laid out like ``params``.
     """
-    d_attention_output, grads = feed_forward_backward(d_layer_output, params, cache["feed_forward"])  # (B, N, D)
+    d_attention_output, grads = feed_forward_backward(d_layer_output, params, cache.pop("feed_forward"))  # (B, N, D)
     d_attention_output += d_layer_output  # the residual around the MLP
     d_hidden_states, d_inputs, grads["attention"] = perceiver_attention_backward(
-        d_attention_output, params["attention"], cache["attention"])
+        d_attention_output, params["attention"], cache.pop("attention"))  # records used up, as torch frees them
     return d_hidden_states, d_inputs, grads

@@ -171,7 +171,8 @@ class PerceiverModel:
         (the functions' order: ``*_backward(d_out, params, cache)``).
 
         Returns ``(grads, inputs_grad)``: ``grads`` keyed exactly like :meth:`state_dict`, ``inputs_grad``
-        of the inputs' shape (B, M, C). ``d_last_hidden_state`` must have shape (B, N, D).
+        of the inputs' shape (B, M, C). ``d_last_hidden_state`` must have shape (B, N, D). The backward uses the
+        cache up, layer by layer (as torch frees a graph's saved tensors): record a new one for each backward.
         """
         shape = (cache["batch_size"], self.config.num_latents, self.config.d_latents)  # (B, N, D)
         d_last = _check_cotangent(d_last_hidden_state, shape, "d_last_hidden_state", self.dtype)
@@ -189,6 +190,7 @@ class PerceiverModel:
         latent_mask: Optional[Any] = None,
         *,
         dropout_rng: Optional[np.random.Generator] = None,
+        cross_attention_chunk_size: Optional[int] = None,
     ) -> tuple[dict[str, np.ndarray], np.ndarray]:
         """The vector-Jacobian product of ``last_hidden_state``: for ``y = model(inputs, ...).last_hidden_state``
         and ``cotangent`` = dL/dy of shape (B, N, D), the gradients dL/dparameter and dL/dinputs.
@@ -197,7 +199,9 @@ class PerceiverModel:
         ``eval()`` mode. The masks take the same arguments, checks and meaning as in :meth:`__call__`.
         Returns ``(grads, inputs_grad)``: ``grads`` keyed exactly like :meth:`state_dict` (float32 arrays of
         the parameters' shapes), ``inputs_grad`` of the inputs' shape (B, M, C). ``dropout_rng`` as in
-        :meth:`__call__` (None: no dropout, as HF's ``eval()``).
+        :meth:`__call__` (None: no dropout, as HF's ``eval()``). ``cross_attention_chunk_size``: stream the
+        cross-attention over the inputs in the forward *and* the backward (each chunk recomputed there), so
+        the memory of long inputs stays flat; the same gradients to float32 rounding (not with dropout).
         """
         inputs = _check_inputs(inputs, self.config.d_model, self.dtype)  # (B, M, C)
         B = inputs.shape[0]
@@ -205,7 +209,7 @@ class PerceiverModel:
                                      self.dtype)
         cache: Cache = {}
         self(inputs, attention_mask=attention_mask, head_mask=head_mask, latent_mask=latent_mask,
-             dropout_rng=dropout_rng, cache=cache)
+             cross_attention_chunk_size=cross_attention_chunk_size, dropout_rng=dropout_rng, cache=cache)
         return self.backward(cotangent, cache)
 
 

@@ -394,16 +394,17 @@ class PerceiverForMaskedLM:
     # ------------------------------------------------------------------ backward
     def backward(self, d_logits: Any, cache: Cache) -> dict[str, np.ndarray]:
         """The gradient of every parameter, given the gradient of a call's logits (B, P, V) and the ``cache`` it
-        recorded; keyed like :meth:`state_dict`. :meth:`loss_and_grads` calls it with the loss's gradient."""
+        recorded; keyed like :meth:`state_dict`. :meth:`loss_and_grads` calls it with the loss's gradient.
+        The backward uses the cache up (as torch frees the saved tensors of a graph it went back through)."""
         cfg, perceiver = self.config, self.params["perceiver"]
         B = cache["batch_size"]
         d_logits = _check_d_logits(d_logits, (B, cfg.max_position_embeddings, cfg.vocab_size), self.dtype)
         token_embedding = perceiver["input_preprocessor"]["embeddings"]["weight"]  # (V, C)
 
         d_decoded, d_token_embedding, d_bias = embedding_decoder_backward(
-            d_logits, cache["decoded"], token_embedding)  # (B, P, C), (V, C), (V,)
+            d_logits, cache.pop("decoded"), token_embedding)  # (B, P, C), (V, C), (V,)
         d_query, d_latents, decoder_grads = perceiver_basic_decoder_backward(
-            d_decoded, perceiver["decoder"], cache["decoder"])  # (B, P, C), (B, N, D)
+            d_decoded, perceiver["decoder"], cache.pop("decoder"))  # (B, P, C), (B, N, D); records used up
         decoder_grads.update(decoder_query_backward(d_query))  # the output queries' position encodings
         encoder_cache = cache["perceiver"]["encoder"]
         d_latent_array, d_inputs, encoder_grads = perceiver_encoder_backward(
@@ -445,7 +446,9 @@ class PerceiverForMaskedLM:
         out = self(input_ids, attention_mask=attention_mask, head_mask=head_mask, labels=labels,
                    dropout_rng=dropout_rng, cache=cache)
         labels = np.asarray(labels).astype(np.int64)  # checked by the call above: (B, P), in range
-        return out.loss, self.backward(masked_lm_loss_backward(out.logits, labels), cache)
+        loss, d_logits = out.loss, masked_lm_loss_backward(out.logits, labels)  # (B, P, V)
+        del out  # the logits (B, P, V): not kept through the backward, as torch does not keep them
+        return loss, self.backward(d_logits, cache)
 
 
 # ---------------------------------------------------------------------- fill-mask

@@ -298,16 +298,23 @@ def _regular_file_size(path: str) -> int:
     return st.st_size
 
 
-def save_weights(path: "str | os.PathLike[str]", state_dict: Mapping[str, np.ndarray]) -> None:
+def save_weights(
+    path: "str | os.PathLike[str]", state_dict: Mapping[str, np.ndarray], metadata: "Mapping[str, str] | None" = None,
+) -> None:
     """Write ``{name: array}`` to ``.npz`` or ``.safetensors`` (chosen by the extension).
 
     Names must be strings; arrays must hold numbers (bool, integers, floats; ``.safetensors`` takes the
     dtypes of ``_ST_DTYPES``). ``.safetensors`` reserves the name ``__metadata__``, so a tensor of that name
-    is refused rather than written where every reader would skip it.
+    is refused rather than written where every reader would skip it. ``metadata`` (strings to strings) goes
+    there instead, where :func:`load_metadata` finds it (``.npz`` has no place for it: a ``ValueError``).
     """
     path = os.fspath(path)
     if not path.endswith((".npz", ".safetensors")):
         raise ValueError(f"weight file {path} must end in .npz or .safetensors")
+    if metadata is not None and not all(isinstance(k, str) and isinstance(v, str) for k, v in metadata.items()):
+        raise ValueError("metadata must map strings to strings")
+    if metadata and path.endswith(".npz"):
+        raise ValueError(f"weight file {path}: .npz files cannot hold metadata; use .safetensors")
     arrays = {}
     for name, value in state_dict.items():
         if not isinstance(name, str):
@@ -320,7 +327,24 @@ def save_weights(path: "str | os.PathLike[str]", state_dict: Mapping[str, np.nda
         with open(path, "wb") as f:  # np.savez would append ".npz" to other names; a file object avoids it
             np.savez(f, **arrays)
     else:
-        _save_safetensors(path, arrays)
+        _save_safetensors(path, arrays, metadata)
+
+
+def load_metadata(path: "str | os.PathLike[str]") -> dict[str, str]:
+    """The ``__metadata__`` strings of a ``.safetensors`` file (``{}`` if it has none, and for ``.npz``), from its
+    header alone, validated as :func:`load_weights` validates it. npperceiver's checkpoints keep their config
+    there (``train-mlm``)."""
+    path = os.fspath(path)
+    if not path.endswith((".npz", ".safetensors")):
+        raise ValueError(f"weight file {path} must end in .npz or .safetensors")
+    size = _regular_file_size(path)
+    if path.endswith(".npz"):
+        return {}
+    try:
+        with open(path, "rb") as f:
+            return _read_safetensors_header(f, path, size)[1]
+    except OSError as e:
+        raise ValueError(f"cannot read weight file {path}: {e.strerror or e}") from None
 
 
 # ---------------------------------------------------------------------------- .safetensors
@@ -328,29 +352,7 @@ def _read_safetensors(f: BinaryIO, path: str, size: int) -> dict[str, np.ndarray
     def bad(message: str) -> ValueError:
         return ValueError(f"{path} is not a valid .safetensors file: {message}")
 
-    if size < 8:
-        raise bad(f"it is {size} byte(s) long; the format starts with an 8-byte header length")
-    (n,) = struct.unpack("<Q", f.read(8))
-    if n > size - 8:
-        raise bad(f"its header length says {n:,} bytes but only {size - 8:,} follow")
-    if n > MAX_SAFETENSORS_HEADER:
-        raise bad(f"its header length says {n:,} bytes, more than the format's {MAX_SAFETENSORS_HEADER:,}")
-    raw = _read_exactly(f, n, path)
-    try:
-        header = parse_json(raw.decode("utf-8"))
-    except UnicodeDecodeError as e:
-        raise bad(f"its header is not UTF-8 text ({e.reason} at byte {8 + e.start})") from None
-    except ValueError as e:
-        raise bad(f"its header {e}") from None
-    if not isinstance(header, dict):
-        raise bad(f"its header must be a JSON object of tensors, got {_json_kind(header)}")
-
-    metadata = header.pop("__metadata__", None)
-    if metadata is not None and not (isinstance(metadata, dict)
-                                     and all(isinstance(v, str) for v in metadata.values())):
-        raise bad("'__metadata__' must be an object of strings (the name is reserved for metadata, "
-                  f"it cannot be a tensor), got {_json_kind(metadata)}")
-
+    header, _, n = _read_safetensors_header(f, path, size)
     data_size = size - 8 - n
     tensors = []  # (start, end, name, dtype, shape)
     for name, info in header.items():
@@ -406,9 +408,40 @@ def _read_safetensors(f: BinaryIO, path: str, size: int) -> dict[str, np.ndarray
     return out
 
 
-def _save_safetensors(path: str, arrays: Mapping[str, np.ndarray]) -> None:
+def _read_safetensors_header(f: BinaryIO, path: str, size: int) -> "tuple[dict, dict[str, str], int]":
+    """The validated JSON header of a .safetensors file: ``(tensor entries, __metadata__ ({} if none), header
+    length)``; the file's position is then at the start of the data."""
+    def bad(message: str) -> ValueError:
+        return ValueError(f"{path} is not a valid .safetensors file: {message}")
+
+    if size < 8:
+        raise bad(f"it is {size} byte(s) long; the format starts with an 8-byte header length")
+    (n,) = struct.unpack("<Q", f.read(8))
+    if n > size - 8:
+        raise bad(f"its header length says {n:,} bytes but only {size - 8:,} follow")
+    if n > MAX_SAFETENSORS_HEADER:
+        raise bad(f"its header length says {n:,} bytes, more than the format's {MAX_SAFETENSORS_HEADER:,}")
+    raw = _read_exactly(f, n, path)
+    try:
+        header = parse_json(raw.decode("utf-8"))
+    except UnicodeDecodeError as e:
+        raise bad(f"its header is not UTF-8 text ({e.reason} at byte {8 + e.start})") from None
+    except ValueError as e:
+        raise bad(f"its header {e}") from None
+    if not isinstance(header, dict):
+        raise bad(f"its header must be a JSON object of tensors, got {_json_kind(header)}")
+
+    metadata = header.pop("__metadata__", None)
+    if metadata is not None and not (isinstance(metadata, dict)
+                                     and all(isinstance(v, str) for v in metadata.values())):
+        raise bad("'__metadata__' must be an object of strings (the name is reserved for metadata, "
+                  f"it cannot be a tensor), got {_json_kind(metadata)}")
+    return header, metadata or {}, n
+
+
+def _save_safetensors(path: str, arrays: Mapping[str, np.ndarray], metadata: "Mapping[str, str] | None" = None) -> None:
     names = {np.dtype(v): k for k, v in _ST_DTYPES.items()}
-    header: dict[str, Any] = {}
+    header: dict[str, Any] = {"__metadata__": dict(metadata)} if metadata else {}
     offset, blobs = 0, []
     for name, arr in arrays.items():
         if name == "__metadata__":

@@ -234,6 +234,8 @@ def test_causal_self_attention_layer_backward():
     directional_check(lambda p: np.sum(forward(p) * d_out), point, analytic, rng, RTOL)
     only_t = np.zeros_like(d_out)
     only_t[:, 2] = d_out[:, 2]  # a loss on position 2 alone
+    cache = {}  # a backward uses its record up (as torch frees a graph's saved tensors): record anew
+    forward(point, cache=cache)
     d_hidden, _, _ = perceiver_layer_backward(only_t, unflatten(flat)["layer"], cache)
     assert np.all(d_hidden[:, 3:] == 0) and np.all(np.any(d_hidden[:, :3] != 0, axis=-1))
 
@@ -300,7 +302,8 @@ def test_loss_and_grads_matches_finite_differences(kinds, seed, M):
         m = npp.PerceiverForMaskedLM(MLM_CONFIG, unflatten(p))
         return float(m(input_ids, labels=labels, **masks).loss)
 
-    directional_check(f, model.state_dict(), grads, rng, RTOL)
+    directional_check(f, model.state_dict(), grads, rng, RTOL, h=1e-6)  # h = 1e-5 leaves a truncation error of
+    #   2e-6 relative on some draws (seed 438, M 2: the loss is that curved); the backward agrees to 1e-9 at 1e-6
 
 
 def test_masked_lm_loss_backward_entry_by_entry():

@@ -109,7 +109,7 @@ def test_weights_for_another_config(tmp_path):
     path = tmp_path / "encoder.safetensors"
     npp.save_weights(path, npp.PerceiverModel.init(SMALL).state_dict())  # an encoder, not an MLM
     assert_clean_error(run("fill-mask", "--weights", str(path), "--config", "small", "a[MASK]"),
-                       1, "does not match the config: missing")
+                       1, r"PerceiverModel \(encoder-only\) weights")
 
 
 def test_text_longer_than_the_model_accepts():
