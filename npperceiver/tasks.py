@@ -182,7 +182,7 @@ class Vocabulary:
             i = int(i)
             if i == EOS_ID:
                 break
-            if i >= NUM_TARGET_SPECIALS:
+            if NUM_TARGET_SPECIALS <= i < self.size:
                 tokens.append(self.tokens[i - NUM_TARGET_SPECIALS])
             elif i not in (PAD_ID, BOS_ID):
                 raise ValueError(f"id {i} is not in the target vocabulary (0..{self.size - 1})")
@@ -347,6 +347,19 @@ class NumberSplit:
         lo, hi = length_range(length)
         return hi - lo - len(self.held_out[length])
 
+    def training_number(self, length: int, rank: np.ndarray) -> np.ndarray:
+        """The training number of rank ``rank`` (from 0, in increasing order) among those of ``length`` digits.
+
+        Elementwise on an integer array; a bijection from ``range(training_count(length))`` onto the numbers
+        of that length that are not held out.
+        """
+        lo, _ = length_range(length)
+        held = self.held_out[length] - lo  # sorted offsets of the held-out numbers in [lo, hi)
+        # The k-th offset (from 0) not in `held` is k plus the number of held-out offsets at or below it;
+        # held[j] - j counts the training offsets below held[j], so that number is a searchsorted on it.
+        rank = np.asarray(rank, dtype=np.int64)
+        return lo + rank + np.searchsorted(held - np.arange(len(held)), rank, side="right")
+
     def sample(self, rng: np.random.Generator, size: int) -> np.ndarray:
         """``size`` training numbers: a digit length uniform in 1-6, then a number uniform among the training
         numbers of that length. Shape (size,), int64; never a held-out number."""
@@ -356,11 +369,6 @@ class NumberSplit:
         numbers = np.empty(size, dtype=np.int64)
         for length in range(1, MAX_DIGITS + 1):
             rows = np.flatnonzero(lengths == length)
-            lo, _ = length_range(length)
-            held = self.held_out[length] - lo  # sorted offsets of the held-out numbers in [lo, hi)
-            k = rng.integers(0, self.training_count(length), size=len(rows))  # rank among the training numbers
-            # The k-th number (from 0) not in `held`: k plus how many held-out offsets lie at or below it.
-            # held[j] - j counts the training numbers below held[j], so the shift is a searchsorted on it.
-            k += np.searchsorted(held - np.arange(len(held)), k, side="right")
-            numbers[rows] = lo + k
+            ranks = rng.integers(0, self.training_count(length), size=len(rows))  # uniform among training numbers
+            numbers[rows] = self.training_number(length, ranks)
         return numbers
