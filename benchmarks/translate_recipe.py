@@ -32,6 +32,7 @@ import math
 import os
 import sys
 import time
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -114,22 +115,58 @@ def time_numpy_forward(config: Seq2SeqConfig, task, split: NumberSplit, batch_si
     model = PerceiverSeq2Seq.init(config, seed=0)
     rng = np.random.default_rng(0)
     batches = [task.batch(split.sample(rng, batch_size)) for _ in range(repeats)]
-    times = []
-    limits = threadpoolctl.threadpool_limits(1) if threadpoolctl else None
-    try:
+    times, eval_times = [], []
+    held_out = split.all_held_out()
+    with threadpoolctl.threadpool_limits(1) if threadpoolctl else _nothing():
         model(batches[0].source_ids, batches[0].source_mask, batches[0].target_ids)  # warm up
         for b in batches:
             t0 = time.perf_counter()
             model(b.source_ids, b.source_mask, b.target_ids)
             times.append(time.perf_counter() - t0)
-    finally:
-        if limits is not None:
-            limits.unregister() if hasattr(limits, "unregister") else limits.__exit__(None, None, None)
+        for _ in range(2):  # greedy decoding of the whole held-out set, as an evaluation does
+            t0 = time.perf_counter()
+            for start in range(0, len(held_out), 512):
+                b = task.batch(held_out[start:start + 512])
+                model.generate(b.source_ids, b.source_mask)
+            eval_times.append(time.perf_counter() - t0)
     sample_t0 = time.perf_counter()
     for _ in range(repeats):
         task.batch(split.sample(rng, batch_size))
     sample_time = (time.perf_counter() - sample_t0) / repeats
-    return {"numpy_forward_s": float(np.median(times)), "sample_batch_s": sample_time}
+    adamw_time = time_adamw_like_update(model.state_dict(), repeats)
+    forward = float(np.median(times))
+    return {"numpy_forward_s": forward, "sample_batch_s": sample_time, "numpy_adamw_like_s": adamw_time,
+            "numpy_eval_s": float(min(eval_times)),
+            "estimated_numpy_step_s": sample_time + 3 * forward + adamw_time}  # backward ~ 2x forward
+
+
+def time_adamw_like_update(state: dict, repeats: int) -> float:
+    """Median seconds of one AdamW update (torch's arithmetic, written plainly) over every parameter."""
+    params = {k: v.copy() for k, v in state.items()}
+    grads = {k: np.full_like(v, 1e-3) for k, v in params.items()}
+    m = {k: np.zeros_like(v) for k, v in params.items()}
+    v2 = {k: np.zeros_like(v) for k, v in params.items()}
+    lr, b1, b2, eps, wd = 1e-3, 0.9, 0.999, 1e-8, 0.01
+    times = []
+    for step in range(1, repeats + 1):
+        t0 = time.perf_counter()
+        bc1, bc2 = 1 - b1**step, 1 - b2**step
+        for k, p in params.items():
+            g = grads[k]
+            p *= 1 - lr * wd
+            m[k] *= b1
+            m[k] += (1 - b1) * g
+            v2[k] *= b2
+            v2[k] += (1 - b2) * g * g
+            denom = np.sqrt(v2[k]) / math.sqrt(bc2) + eps
+            p -= (lr / bc1) * m[k] / denom
+        times.append(time.perf_counter() - t0)
+    return float(np.median(times))
+
+
+@contextmanager
+def _nothing():
+    yield
 
 
 def run(args: argparse.Namespace) -> dict:
@@ -216,14 +253,43 @@ def parse(argv=None) -> argparse.Namespace:
     p.add_argument("--eval-every", type=int, default=250)
     p.add_argument("--stop-at", action="store_true", help="stop once 99 %% held on two evaluations in a row")
     p.add_argument("--time-numpy", action="store_true", help="also time npperceiver's forward at these sizes")
+    p.add_argument("--summarize", action="store_true", help="print a Markdown table of the runs in --out")
+    p.add_argument("--numpy-only", action="store_true", help="only time npperceiver's forward (no training)")
     p.add_argument("--quiet", action="store_true")
     p.add_argument("--tag", default="")
     p.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "translate-recipe.jsonl"))
     return p.parse_args(argv)
 
 
+def summarize(path: Path) -> str:
+    """A Markdown table of every run recorded in ``path``: settings, steps to 95 % / 99 %, final accuracy."""
+    rows = ["| tag | task | decoder | batch | lr | cross heads | seed | steps | to 95 % | to 99 % | final held-out "
+            "| final by length 1-6 | ms/step (load) |", "|" + "---|" * 13]
+    for line in path.read_text(encoding="utf-8").splitlines():
+        r = json.loads(line)
+        a, f = r["args"], r["final"]
+        reached = {k: f"{v['step']} ({v['seconds']:.0f} s)" for k, v in r["reached"].items()}
+        rows.append(
+            f"| {a['tag']} | {a['task']} | {a['decoder']}{' (no residual)' if a['no_query_residual'] else ''} "
+            f"| {a['batch']} | {a['lr']:g} | {a['cross_heads']} | {a['seed']} | {r['steps_run']} "
+            f"| {reached.get('0.95', '-')} | {reached.get('0.99', '-')} | {100 * f['held_out']:.2f} % "
+            f"| {' '.join(f'{100 * v:.1f}' for v in f['by_length'].values())} "
+            f"| {r['ms_per_step']:.0f} ({r['loadavg_start'][0]:.1f}) |")
+    return "\n".join(rows)
+
+
 def main(argv=None) -> dict:
     args = parse(argv)
+    if args.summarize:
+        print(summarize(Path(args.out)))
+        return {}
+    if args.numpy_only:  # no training: time npperceiver's forward at these sizes
+        task, config = get_task(args.task), build_config(args)
+        timing = time_numpy_forward(config, task, NumberSplit(), args.batch, repeats=30)
+        n_params = sum(v.size for v in PerceiverSeq2Seq.init(config).state_dict().values())
+        print(json.dumps({"tag": args.tag, "task": args.task, "decoder": args.decoder, "batch": args.batch,
+                          "params": n_params, **timing, "loadavg": os.getloadavg()}))
+        return timing
     result = run(args)
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
