@@ -85,13 +85,13 @@ def tensors(batch):
     return (torch.from_numpy(batch.source_ids), torch.from_numpy(batch.source_mask), torch.from_numpy(batch.target_ids))
 
 
-def exact_match(model: TorchSeq2Seq, task, numbers: np.ndarray, chunk: int = 1024) -> tuple[np.ndarray, list]:
+def exact_match(model: TorchSeq2Seq, task, numbers: np.ndarray, padding_side: str, chunk: int = 1024) -> tuple[np.ndarray, list]:
     """Per number: does greedy decoding give exactly the target (up to and including [EOS])? And the
     decoded text of the misses."""
     model.eval()
     hits, wrong = [], []
     for start in range(0, len(numbers), chunk):
-        batch = task.batch(numbers[start:start + chunk])
+        batch = task.batch(numbers[start:start + chunk], padding_side)
         source_ids, source_mask, target_ids = tensors(batch)
         predicted = model.generate(source_ids, source_mask)
         ok = (predicted == target_ids).all(dim=1).numpy()
@@ -101,20 +101,21 @@ def exact_match(model: TorchSeq2Seq, task, numbers: np.ndarray, chunk: int = 102
     return np.concatenate(hits), wrong
 
 
-def evaluate(model, task, held_out: np.ndarray, short: np.ndarray) -> dict:
-    hits, wrong = exact_match(model, task, held_out)
+def evaluate(model, task, held_out: np.ndarray, short: np.ndarray, padding_side: str) -> dict:
+    hits, wrong = exact_match(model, task, held_out, padding_side)
     lengths = digit_length(held_out)
     by_length = {int(d): float(hits[lengths == d].mean()) for d in range(1, MAX_DIGITS + 1)}
-    short_hits, _ = exact_match(model, task, short)
+    short_hits, _ = exact_match(model, task, short, padding_side)
     return {"held_out": float(hits.mean()), "by_length": by_length, "min_length": min(by_length.values()),
             "short_exhaustive": float(short_hits.mean()), "errors": wrong[:12]}
 
 
-def time_numpy_forward(config: Seq2SeqConfig, task, split: NumberSplit, batch_size: int, repeats: int) -> dict:
+def time_numpy_forward(config: Seq2SeqConfig, task, split: NumberSplit, batch_size: int, repeats: int,
+                       padding_side: str = "right") -> dict:
     """Median seconds of npperceiver's teacher-forced forward + loss at this batch size."""
     model = PerceiverSeq2Seq.init(config, seed=0)
     rng = np.random.default_rng(0)
-    batches = [task.batch(split.sample(rng, batch_size)) for _ in range(repeats)]
+    batches = [task.batch(split.sample(rng, batch_size), padding_side) for _ in range(repeats)]
     times, eval_times = [], []
     held_out = split.all_held_out()
     with threadpoolctl.threadpool_limits(1) if threadpoolctl else _nothing():
@@ -126,12 +127,12 @@ def time_numpy_forward(config: Seq2SeqConfig, task, split: NumberSplit, batch_si
         for _ in range(2):  # greedy decoding of the whole held-out set, as an evaluation does
             t0 = time.perf_counter()
             for start in range(0, len(held_out), 512):
-                b = task.batch(held_out[start:start + 512])
+                b = task.batch(held_out[start:start + 512], padding_side)
                 model.generate(b.source_ids, b.source_mask)
             eval_times.append(time.perf_counter() - t0)
     sample_t0 = time.perf_counter()
     for _ in range(repeats):
-        task.batch(split.sample(rng, batch_size))
+        task.batch(split.sample(rng, batch_size), padding_side)
     sample_time = (time.perf_counter() - sample_t0) / repeats
     adamw_time = time_adamw_like_update(model.state_dict(), repeats)
     forward = float(np.median(times))
@@ -189,7 +190,7 @@ def run(args: argparse.Namespace) -> dict:
         t0 = time.perf_counter()
         for group in opt.param_groups:
             group["lr"] = lr_at(step, args)
-        source_ids, source_mask, target_ids = tensors(task.batch(split.sample(rng, args.batch)))
+        source_ids, source_mask, target_ids = tensors(task.batch(split.sample(rng, args.batch), args.padding_side))
         loss = loss_of(model, source_ids, source_mask, target_ids)
         opt.zero_grad(set_to_none=True)
         loss.backward()
@@ -199,7 +200,7 @@ def run(args: argparse.Namespace) -> dict:
         train_time += time.perf_counter() - t0
         losses.append(float(loss))
         if (step + 1) % args.eval_every == 0 or step + 1 == args.steps:
-            ev = evaluate(model, task, held_out, short)
+            ev = evaluate(model, task, held_out, short, args.padding_side)
             ev.update(step=step + 1, seconds=round(train_time, 2), loss=float(np.mean(losses[-args.eval_every:])))
             history.append(ev)
             for level in (0.95, 0.99):
@@ -218,7 +219,7 @@ def run(args: argparse.Namespace) -> dict:
         "loadavg_start": loadavg, "loadavg_end": os.getloadavg(),
     }
     if args.time_numpy:
-        result.update(time_numpy_forward(config, task, split, args.batch, repeats=20))
+        result.update(time_numpy_forward(config, task, split, args.batch, repeats=20, padding_side=args.padding_side))
     return result
 
 
@@ -239,6 +240,8 @@ def parse(argv=None) -> argparse.Namespace:
     p.add_argument("--decoder-heads", type=int, default=4)
     p.add_argument("--decoder-widening", type=int, default=1)
     p.add_argument("--no-query-residual", action="store_true", help="queries decoder as HF's MLM: no residual")
+    p.add_argument("--padding-side", default="right", choices=["right", "left"],
+                   help="left: every source ends at the last position (pads to the longest source of the task)")
     p.add_argument("--init-std", type=float, default=0.02)
     p.add_argument("--batch", type=int, default=64)
     p.add_argument("--lr", type=float, default=1e-3)
@@ -270,7 +273,8 @@ def summarize(path: Path) -> str:
         a, f = r["args"], r["final"]
         reached = {k: f"{v['step']} ({v['seconds']:.0f} s)" for k, v in r["reached"].items()}
         rows.append(
-            f"| {a['tag']} | {a['task']} | {a['decoder']}{' (no residual)' if a['no_query_residual'] else ''} "
+            f"| {a['tag']} | {a['task']} | {a['decoder']}{' (no residual)' if a['no_query_residual'] else ''}"
+            f"{', left-padded' if a.get('padding_side') == 'left' else ''} "
             f"| {a['batch']} | {a['lr']:g} | {a['cross_heads']} | {a['seed']} | {r['steps_run']} "
             f"| {reached.get('0.95', '-')} | {reached.get('0.99', '-')} | {100 * f['held_out']:.2f} % "
             f"| {' '.join(f'{100 * v:.1f}' for v in f['by_length'].values())} "
@@ -285,7 +289,7 @@ def main(argv=None) -> dict:
         return {}
     if args.numpy_only:  # no training: time npperceiver's forward at these sizes
         task, config = get_task(args.task), build_config(args)
-        timing = time_numpy_forward(config, task, NumberSplit(), args.batch, repeats=30)
+        timing = time_numpy_forward(config, task, NumberSplit(), args.batch, repeats=30, padding_side=args.padding_side)
         n_params = sum(v.size for v in PerceiverSeq2Seq.init(config).state_dict().values())
         print(json.dumps({"tag": args.tag, "task": args.task, "decoder": args.decoder, "batch": args.batch,
                           "params": n_params, **timing, "loadavg": os.getloadavg()}))

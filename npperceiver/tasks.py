@@ -232,12 +232,17 @@ class Task:
         """The target as text: words joined by single spaces, digits joined without."""
         return self.target_vocab.separator.join(self.target_tokens(n))
 
-    def encode_sources(self, texts: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
-        """Source texts -> byte ids (B, M) padded with ``[PAD]`` and the keep-mask (B, M), M the longest.
+    def encode_sources(self, texts: Sequence[str], padding_side: str = "right") -> tuple[np.ndarray, np.ndarray]:
+        """Source texts -> byte ids (B, M) padded with ``[PAD]`` and the keep-mask (B, M).
 
+        ``padding_side="right"``: M is the longest text, bytes from position 0, padding after them.
+        ``"left"``: M is :attr:`max_source_length`, padding first, so every text *ends* at position M - 1
+        (the last digit, the last word always sit at the same positions).
         A text that is empty, too long, or has a character outside :attr:`source_alphabet` is a
         ``ValueError`` naming it.
         """
+        if padding_side not in ("right", "left"):
+            raise ValueError(f"padding_side must be 'right' or 'left', got {padding_side!r}")
         encoded = []
         for text in texts:
             bad = sorted(set(text) - set(self.source_alphabet))
@@ -250,10 +255,13 @@ class Task:
             encoded.append([b + NUM_SPECIAL_TOKENS for b in text.encode("utf-8")])
         if not encoded:
             raise ValueError("no source texts to encode")
-        M = max(len(ids) for ids in encoded)
+        M = max(len(ids) for ids in encoded) if padding_side == "right" else self.max_source_length
         ids = np.full((len(encoded), M), PAD_ID, dtype=np.int64)  # (B, M)
         for row, seq in zip(ids, encoded):
-            row[: len(seq)] = seq
+            if padding_side == "right":
+                row[: len(seq)] = seq
+            else:
+                row[M - len(seq):] = seq
         return ids, (ids != PAD_ID).astype(np.int64)  # (B, M), (B, M)
 
     def encode_targets(self, token_lists: Sequence[Sequence[str]]) -> np.ndarray:
@@ -270,10 +278,11 @@ class Task:
         """Target ids -> text, up to the first ``[EOS]`` (words joined by spaces, digits without)."""
         return self.target_vocab.separator.join(self.target_vocab.decode(ids))
 
-    def batch(self, numbers: Iterable[int]) -> TranslationBatch:
-        """Source and target ids of the given numbers (see :class:`TranslationBatch`)."""
+    def batch(self, numbers: Iterable[int], padding_side: str = "right") -> TranslationBatch:
+        """Source and target ids of the given numbers (see :class:`TranslationBatch`); ``padding_side`` as in
+        :meth:`encode_sources`."""
         numbers = np.asarray([_check_number(n) for n in numbers], dtype=np.int64)  # (B,)
-        source_ids, source_mask = self.encode_sources([self.source_text(n) for n in numbers])
+        source_ids, source_mask = self.encode_sources([self.source_text(n) for n in numbers], padding_side)
         target_ids = self.encode_targets([self.target_tokens(n) for n in numbers])
         return TranslationBatch(source_ids, source_mask, target_ids, numbers)
 

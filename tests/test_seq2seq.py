@@ -19,7 +19,7 @@ from npperceiver.seq2seq import (
 from npperceiver.tasks import BOS_ID, EOS_ID, TASKS, NumberSplit, get_task
 from npperceiver.text import mlm_param_shapes
 from npperceiver.tokenizer import PAD_ID
-from strategies import configs, seeds
+from strategies import configs, keep_masks, seeds
 
 MAX_T = 6  # target positions in the property tests
 MAX_M = 7  # source bytes
@@ -70,8 +70,7 @@ def cases(draw, decoder=None, min_batch=1):
     M = draw(st.integers(1, MAX_M))
     ids = np.asarray(draw(st.lists(st.lists(st.integers(0, config.encoder.vocab_size - 1), min_size=M, max_size=M),
                                    min_size=B, max_size=B)), dtype=np.int64)
-    lengths = draw(st.lists(st.integers(1, M), min_size=B, max_size=B))
-    keep = (np.arange(M)[None, :] < np.array(lengths)[:, None]).astype(np.int64)  # (B, M) padding at the end
+    keep = draw(keep_masks(B, M, min_kept=1, dtype=np.int64))  # (B, M) padding anywhere: end, start (left-padded)
     targets = np.asarray(draw(st.lists(st.lists(st.integers(3, config.target_vocab_size - 1),
                                                 min_size=config.max_target_length,
                                                 max_size=config.max_target_length),

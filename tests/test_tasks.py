@@ -169,6 +169,21 @@ def test_batches_round_trip(task_name, n):
 
 
 @pytest.mark.parametrize("task_name", TASKS)
+def test_left_padding_ends_every_source_at_the_last_position(task_name):
+    task = get_task(task_name)
+    right = task.batch([7, 42, 999_999])
+    left = task.batch([7, 42, 999_999], padding_side="left")
+    M = task.max_source_length
+    assert left.source_ids.shape == (3, M) and np.array_equal(left.target_ids, right.target_ids)
+    for row in range(3):
+        length = int(right.source_mask[row].sum())
+        assert left.source_ids[row, M - length:].tolist() == right.source_ids[row, :length].tolist()
+        assert left.source_mask[row].tolist() == [0] * (M - length) + [1] * length
+    with pytest.raises(ValueError, match="padding_side must be 'right' or 'left'"):
+        task.batch([7], padding_side="both")
+
+
+@pytest.mark.parametrize("task_name", TASKS)
 def test_sources_are_the_byte_tokenizers_ids_without_framing(task_name):
     task = get_task(task_name)
     text = task.source_text(3412)
