@@ -176,7 +176,7 @@ def run(args: argparse.Namespace) -> dict:
     task, split = get_task(args.task), NumberSplit()
     config = build_config(args)
     np_model = PerceiverSeq2Seq.init(config, seed=args.seed)
-    model = TorchSeq2Seq(config).load_numpy(np_model.state_dict()).train()
+    model = TorchSeq2Seq(config, args.dropout).load_numpy(np_model.state_dict()).train()
     n_params = sum(p.numel() for p in model.parameters())
     opt = torch.optim.AdamW(model.parameters(), lr=args.lr, betas=(args.beta1, args.beta2), eps=1e-8,
                             weight_decay=args.weight_decay)
@@ -242,6 +242,7 @@ def parse(argv=None) -> argparse.Namespace:
     p.add_argument("--no-query-residual", action="store_true", help="queries decoder as HF's MLM: no residual")
     p.add_argument("--padding-side", default="right", choices=["right", "left"],
                    help="left: every source ends at the last position (pads to the longest source of the task)")
+    p.add_argument("--dropout", type=float, default=0.0, help="attention-probability dropout in training (HF's)")
     p.add_argument("--init-std", type=float, default=0.02)
     p.add_argument("--batch", type=int, default=64)
     p.add_argument("--lr", type=float, default=1e-3)

@@ -8,7 +8,7 @@ the arrangement of the decoder is written here, independently of the NumPy code.
 
 Used by the parity tests (``tests/test_seq2seq.py``) and by the recipe search
 (``benchmarks/translate_recipe.py``), which trains it with ``torch.optim.AdamW``. Attention dropout is off
-(``attention_probs_dropout_prob=0``): the NumPy model has none.
+(``attention_probs_dropout_prob=0``) unless asked for: the NumPy forward pass has none.
 
 Imported only after ``pytest.importorskip("torch")`` and ``("transformers")``.
 """
@@ -30,9 +30,9 @@ from npperceiver.tasks import BOS_ID, EOS_ID
 from npperceiver.tokenizer import PAD_ID
 
 
-def hf_config(config: Seq2SeqConfig) -> HFConfig:
-    """The encoder's config as HF's, dropout off."""
-    return HFConfig(**{**config.encoder.to_dict(), "attention_probs_dropout_prob": 0.0})
+def hf_config(config: Seq2SeqConfig, dropout: float = 0.0) -> HFConfig:
+    """The encoder's config as HF's; attention dropout off unless asked for (HF applies it in every attention)."""
+    return HFConfig(**{**config.encoder.to_dict(), "attention_probs_dropout_prob": dropout})
 
 
 def _cross_layer(hf: HFConfig, config: Seq2SeqConfig) -> PerceiverLayer:
@@ -99,10 +99,10 @@ class QueriesDecoder(nn.Module):
 class TorchSeq2Seq(nn.Module):
     """``npperceiver.seq2seq.PerceiverSeq2Seq`` in torch: the same keys, shapes and forward pass."""
 
-    def __init__(self, config: Seq2SeqConfig) -> None:
+    def __init__(self, config: Seq2SeqConfig, dropout: float = 0.0) -> None:
         super().__init__()
         self.config = config
-        hf = hf_config(config)
+        hf = hf_config(config, dropout)
         self.perceiver = PerceiverModel(hf, input_preprocessor=PerceiverTextPreprocessor(hf))
         decoder = AutoregressiveDecoder if config.decoder == "autoregressive" else QueriesDecoder
         self.decoder = decoder(hf, config)
