@@ -112,45 +112,59 @@ def evaluate(model, task, held_out: np.ndarray, short: np.ndarray, padding_side:
 
 def time_numpy_forward(config: Seq2SeqConfig, task, split: NumberSplit, batch_size: int, repeats: int,
                        padding_side: str = "right") -> dict:
-    """Median seconds of npperceiver's teacher-forced forward + loss at this batch size."""
+    """npperceiver's teacher-forced forward + loss at this batch size, a batch draw, an AdamW-like update and a
+    greedy evaluation of the held-out set: median wall seconds and median CPU seconds of each.
+
+    CPU seconds (``time.process_time``, one BLAS thread) are what a step would take on a core of its own;
+    on a busy machine the wall time is longer by however much the core was shared.
+    """
     model = PerceiverSeq2Seq.init(config, seed=0)
     rng = np.random.default_rng(0)
     batches = [task.batch(split.sample(rng, batch_size), padding_side) for _ in range(repeats)]
-    times, eval_times = [], []
     held_out = split.all_held_out()
     with threadpoolctl.threadpool_limits(1) if threadpoolctl else _nothing():
         model(batches[0].source_ids, batches[0].source_mask, batches[0].target_ids)  # warm up
-        for b in batches:
-            t0 = time.perf_counter()
-            model(b.source_ids, b.source_mask, b.target_ids)
-            times.append(time.perf_counter() - t0)
-        for _ in range(2):  # greedy decoding of the whole held-out set, as an evaluation does
-            t0 = time.perf_counter()
+        forward = _timed([lambda b=b: model(b.source_ids, b.source_mask, b.target_ids) for b in batches])
+
+        def evaluate_held_out():  # greedy decoding of the whole held-out set, as an evaluation does
             for start in range(0, len(held_out), 512):
                 b = task.batch(held_out[start:start + 512], padding_side)
                 model.generate(b.source_ids, b.source_mask)
-            eval_times.append(time.perf_counter() - t0)
-    sample_t0 = time.perf_counter()
-    for _ in range(repeats):
-        task.batch(split.sample(rng, batch_size), padding_side)
-    sample_time = (time.perf_counter() - sample_t0) / repeats
-    adamw_time = time_adamw_like_update(model.state_dict(), repeats)
-    forward = float(np.median(times))
-    return {"numpy_forward_s": forward, "sample_batch_s": sample_time, "numpy_adamw_like_s": adamw_time,
-            "numpy_eval_s": float(min(eval_times)),
-            "estimated_numpy_step_s": sample_time + 3 * forward + adamw_time}  # backward ~ 2x forward
+
+        evaluation = _timed([evaluate_held_out] * 2)
+        sample = _timed([lambda: task.batch(split.sample(rng, batch_size), padding_side)] * repeats)
+        adamw = _timed(adamw_like_updates(model.state_dict(), repeats))
+    out = {}
+    for clock in ("wall", "cpu"):
+        out[f"numpy_forward_{clock}_s"] = forward[clock]
+        out[f"sample_batch_{clock}_s"] = sample[clock]
+        out[f"numpy_adamw_like_{clock}_s"] = adamw[clock]
+        out[f"numpy_eval_{clock}_s"] = evaluation[clock]
+        # backward ~ 2x forward: a step is a batch draw, forward, backward and an AdamW update
+        out[f"estimated_numpy_step_{clock}_s"] = sample[clock] + 3 * forward[clock] + adamw[clock]
+    return out
 
 
-def time_adamw_like_update(state: dict, repeats: int) -> float:
-    """Median seconds of one AdamW update (torch's arithmetic, written plainly) over every parameter."""
+def _timed(calls: list) -> dict:
+    """Median wall and CPU seconds of each call."""
+    wall, cpu = [], []
+    for call in calls:
+        w0, c0 = time.perf_counter(), time.process_time()
+        call()
+        wall.append(time.perf_counter() - w0)
+        cpu.append(time.process_time() - c0)
+    return {"wall": float(np.median(wall)), "cpu": float(np.median(cpu))}
+
+
+def adamw_like_updates(state: dict, repeats: int) -> list:
+    """``repeats`` calls, each one AdamW update (torch's arithmetic, written plainly) of every parameter."""
     params = {k: v.copy() for k, v in state.items()}
     grads = {k: np.full_like(v, 1e-3) for k, v in params.items()}
     m = {k: np.zeros_like(v) for k, v in params.items()}
     v2 = {k: np.zeros_like(v) for k, v in params.items()}
     lr, b1, b2, eps, wd = 1e-3, 0.9, 0.999, 1e-8, 0.01
-    times = []
-    for step in range(1, repeats + 1):
-        t0 = time.perf_counter()
+
+    def update(step: int) -> None:
         bc1, bc2 = 1 - b1**step, 1 - b2**step
         for k, p in params.items():
             g = grads[k]
@@ -161,8 +175,8 @@ def time_adamw_like_update(state: dict, repeats: int) -> float:
             v2[k] += (1 - b2) * g * g
             denom = np.sqrt(v2[k]) / math.sqrt(bc2) + eps
             p -= (lr / bc1) * m[k] / denom
-        times.append(time.perf_counter() - t0)
-    return float(np.median(times))
+
+    return [lambda step=step: update(step) for step in range(1, repeats + 1)]
 
 
 @contextmanager
@@ -184,10 +198,10 @@ def run(args: argparse.Namespace) -> dict:
     held_out = split.all_held_out()
     short = np.array([n for n in range(100)])
     loadavg = os.getloadavg()
-    train_time, history, reached = 0.0, [], {}
+    train_time, train_cpu, history, reached = 0.0, 0.0, [], {}
     losses = []
     for step in range(args.steps):
-        t0 = time.perf_counter()
+        t0, c0 = time.perf_counter(), time.process_time()
         for group in opt.param_groups:
             group["lr"] = lr_at(step, args)
         source_ids, source_mask, target_ids = tensors(task.batch(split.sample(rng, args.batch), args.padding_side))
@@ -198,14 +212,17 @@ def run(args: argparse.Namespace) -> dict:
             torch.nn.utils.clip_grad_norm_(model.parameters(), args.clip)
         opt.step()
         train_time += time.perf_counter() - t0
+        train_cpu += time.process_time() - c0
         losses.append(float(loss))
         if (step + 1) % args.eval_every == 0 or step + 1 == args.steps:
             ev = evaluate(model, task, held_out, short, args.padding_side)
-            ev.update(step=step + 1, seconds=round(train_time, 2), loss=float(np.mean(losses[-args.eval_every:])))
+            ev.update(step=step + 1, seconds=round(train_time, 2), cpu_seconds=round(train_cpu, 2),
+                      loss=float(np.mean(losses[-args.eval_every:])))
             history.append(ev)
             for level in (0.95, 0.99):
                 if level not in reached and ev["held_out"] >= level and ev["min_length"] >= level:
-                    reached[level] = {"step": step + 1, "seconds": round(train_time, 2)}
+                    reached[level] = {"step": step + 1, "seconds": round(train_time, 2),
+                                      "cpu_seconds": round(train_cpu, 2)}
             if not args.quiet:
                 print(f"step {step + 1:5d}  loss {ev['loss']:.4f}  held-out {ev['held_out']:.4f}  "
                       f"by length {' '.join(f'{v:.3f}' for v in ev['by_length'].values())}  "
@@ -214,6 +231,7 @@ def run(args: argparse.Namespace) -> dict:
                 break  # held at 99 % on two evaluations in a row
     result = {
         "args": vars(args), "params": n_params, "train_seconds": round(train_time, 2),
+        "train_cpu_seconds": round(train_cpu, 2), "cpu_ms_per_step": round(1000 * train_cpu / (step + 1), 2),
         "steps_run": step + 1, "ms_per_step": round(1000 * train_time / (step + 1), 2),
         "reached": {str(k): v for k, v in reached.items()}, "final": history[-1], "history": history,
         "loadavg_start": loadavg, "loadavg_end": os.getloadavg(),
@@ -268,18 +286,20 @@ def parse(argv=None) -> argparse.Namespace:
 def summarize(path: Path) -> str:
     """A Markdown table of every run recorded in ``path``: settings, steps to 95 % / 99 %, final accuracy."""
     rows = ["| tag | task | decoder | batch | lr | cross heads | seed | steps | to 95 % | to 99 % | final held-out "
-            "| final by length 1-6 | ms/step (load) |", "|" + "---|" * 13]
+            "| final by length 1-6 | ms/step wall / CPU (load) |", "|" + "---|" * 13]
     for line in path.read_text(encoding="utf-8").splitlines():
         r = json.loads(line)
         a, f = r["args"], r["final"]
-        reached = {k: f"{v['step']} ({v['seconds']:.0f} s)" for k, v in r["reached"].items()}
+        cpu = f"{r['cpu_ms_per_step']:.0f}" if "cpu_ms_per_step" in r else "-"
+        reached = {k: f"{v['step']} ({v.get('cpu_seconds', v['seconds']):.0f} s{'' if 'cpu_seconds' in v else ' wall'})"
+                   for k, v in r["reached"].items()}
         rows.append(
             f"| {a['tag']} | {a['task']} | {a['decoder']}{' (no residual)' if a['no_query_residual'] else ''}"
             f"{', left-padded' if a.get('padding_side') == 'left' else ''} "
             f"| {a['batch']} | {a['lr']:g} | {a['cross_heads']} | {a['seed']} | {r['steps_run']} "
             f"| {reached.get('0.95', '-')} | {reached.get('0.99', '-')} | {100 * f['held_out']:.2f} % "
             f"| {' '.join(f'{100 * v:.1f}' for v in f['by_length'].values())} "
-            f"| {r['ms_per_step']:.0f} ({r['loadavg_start'][0]:.1f}) |")
+            f"| {r['ms_per_step']:.0f} / {cpu} ({r['loadavg_start'][0]:.1f}) |")
     return "\n".join(rows)
 
 
@@ -305,7 +325,7 @@ def main(argv=None) -> dict:
                       "ms_per_step": result["ms_per_step"], "reached": result["reached"],
                       "final_held_out": final["held_out"], "final_by_length": final["by_length"],
                       "short_exhaustive": final["short_exhaustive"], "errors": final["errors"],
-                      **{k: result[k] for k in ("numpy_forward_s", "sample_batch_s") if k in result}}))
+                      **{k: v for k, v in result.items() if k.startswith(("numpy_", "estimated_", "sample_"))}}))
     return result
 
 
