@@ -285,20 +285,23 @@ def parse(argv=None) -> argparse.Namespace:
 
 def summarize(path: Path) -> str:
     """A Markdown table of every run recorded in ``path``: settings, steps to 95 % / 99 %, final accuracy."""
-    rows = ["| tag | task | decoder | batch | lr | cross heads | seed | steps | to 95 % | to 99 % | final held-out "
-            "| final by length 1-6 | ms/step wall / CPU (load) |", "|" + "---|" * 13]
+    rows = ["| tag | task | decoder | N | S | Hc | batch | lr | other | seed | steps | to 95 % | to 99 % "
+            "| final held-out | final by length 1-6 | 1-2 digits, all | ms/step wall / CPU (load) |", "|" + "---|" * 17]
     for line in path.read_text(encoding="utf-8").splitlines():
         r = json.loads(line)
         a, f = r["args"], r["final"]
         cpu = f"{r['cpu_ms_per_step']:.0f}" if "cpu_ms_per_step" in r else "-"
         reached = {k: f"{v['step']} ({v.get('cpu_seconds', v['seconds']):.0f} s{'' if 'cpu_seconds' in v else ' wall'})"
                    for k, v in r["reached"].items()}
+        other = [f"wd {a['weight_decay']:g}"] if a["weight_decay"] != 0.01 else []
+        other += [f"dropout {a['dropout']:g}"] if a.get("dropout") else []
+        other += ["left-padded"] if a.get("padding_side") == "left" else []
+        other += ["no query residual"] if a["no_query_residual"] else []
         rows.append(
-            f"| {a['tag']} | {a['task']} | {a['decoder']}{' (no residual)' if a['no_query_residual'] else ''}"
-            f"{', left-padded' if a.get('padding_side') == 'left' else ''} "
-            f"| {a['batch']} | {a['lr']:g} | {a['cross_heads']} | {a['seed']} | {r['steps_run']} "
+            f"| {a['tag']} | {a['task']} | {a['decoder']} | {a['latents']} | {a['self_attends']} | {a['cross_heads']} "
+            f"| {a['batch']} | {a['lr']:g} | {', '.join(other) or '-'} | {a['seed']} | {r['steps_run']} "
             f"| {reached.get('0.95', '-')} | {reached.get('0.99', '-')} | {100 * f['held_out']:.2f} % "
-            f"| {' '.join(f'{100 * v:.1f}' for v in f['by_length'].values())} "
+            f"| {' '.join(f'{100 * v:.1f}' for v in f['by_length'].values())} | {100 * f['short_exhaustive']:.0f} % "
             f"| {r['ms_per_step']:.0f} / {cpu} ({r['loadavg_start'][0]:.1f}) |")
     return "\n".join(rows)
 
