@@ -9,8 +9,9 @@ exhaustive exact match on all one- and two-digit numbers. It reports the first s
 seconds, evaluation excluded) at which held-out exact match reached 95 % and 99 % overall *and* on every
 length.
 
-It also times npperceiver's NumPy forward pass (teacher-forced, with the loss) for the same sizes and batch,
-so the NumPy training time can be estimated before the backward pass exists (backward ~ 2x forward).
+It also times what a NumPy training step will cost at the same sizes and batch (``--time-numpy``, or
+``--numpy-only`` without training): the forward pass, the encoder's hand-written backward and
+``npperceiver.AdamW`` as they are, and the decoder's backward -- not written yet -- as twice its forward.
 
 torch runs on one thread (``torch.set_num_threads(1)``); so does numpy's BLAS when threadpoolctl is
 installed. Check ``cat /proc/loadavg`` first: timings are only meaningful on a quiet machine.
@@ -44,8 +45,9 @@ sys.path.insert(0, str(ROOT / "tests"))
 import torch  # noqa: E402
 
 import npperceiver as npp  # noqa: E402
-from npperceiver.seq2seq import PerceiverSeq2Seq, Seq2SeqConfig  # noqa: E402
+from npperceiver.seq2seq import PerceiverSeq2Seq, Seq2SeqConfig, seq2seq_loss, shift_right  # noqa: E402
 from npperceiver.tasks import MAX_DIGITS, NumberSplit, digit_length, get_task  # noqa: E402
+from npperceiver.text import text_preprocessor  # noqa: E402
 from seq2seq_reference import TorchSeq2Seq, loss_of  # noqa: E402
 
 try:
@@ -112,36 +114,58 @@ def evaluate(model, task, held_out: np.ndarray, short: np.ndarray, padding_side:
 
 def time_numpy_forward(config: Seq2SeqConfig, task, split: NumberSplit, batch_size: int, repeats: int,
                        padding_side: str = "right") -> dict:
-    """npperceiver's teacher-forced forward + loss at this batch size, a batch draw, an AdamW-like update and a
-    greedy evaluation of the held-out set: median wall seconds and median CPU seconds of each.
+    """What one NumPy training step will cost at this batch size, from the pieces that exist today: median wall
+    and CPU seconds of a batch draw, the teacher-forced forward + loss, the encoder's own forward and its
+    hand-written backward (``PerceiverModel.backward``), the decoder's forward, ``npperceiver.AdamW.step`` over
+    every parameter, and a greedy evaluation of the held-out set.
 
-    CPU seconds (``time.process_time``, one BLAS thread) are what a step would take on a core of its own;
-    on a busy machine the wall time is longer by however much the core was shared.
+    The decoder's backward is not written yet: it is counted as twice its forward. CPU seconds
+    (``time.process_time``, one BLAS thread) are what a step would take on a core of its own; on a busy machine
+    the wall time is longer by however much the core was shared.
     """
     model = PerceiverSeq2Seq.init(config, seed=0)
     rng = np.random.default_rng(0)
     batches = [task.batch(split.sample(rng, batch_size), padding_side) for _ in range(repeats)]
     held_out = split.all_held_out()
+    preprocessor = model.params["perceiver"]["input_preprocessor"]
+    decoder_inputs = [shift_right(b.target_ids) if config.decoder == "autoregressive" else None for b in batches]
+
+    def encoder_forward(b, cache=None):
+        inputs, _ = text_preprocessor(preprocessor, b.source_ids)  # (B, M, C)
+        return model.encoder(inputs, attention_mask=b.source_mask, cache=cache).last_hidden_state
+
+    caches = [{} for _ in batches]
+    latents = [encoder_forward(b, c) for b, c in zip(batches, caches)]
+    d_latents = [np.ones_like(z) for z in latents]
+
+    def evaluate_held_out():  # greedy decoding of the whole held-out set, as an evaluation does
+        for start in range(0, len(held_out), 512):
+            b = task.batch(held_out[start:start + 512], padding_side)
+            model.generate(b.source_ids, b.source_mask)
+
+    grads = {k: np.full_like(v, 1e-4) for k, v in model.state_dict().items()}
+    opt = npp.AdamW(model, lr=1e-9)  # a negligible step: the weights stay as they are
     with threadpoolctl.threadpool_limits(1) if threadpoolctl else _nothing():
         model(batches[0].source_ids, batches[0].source_mask, batches[0].target_ids)  # warm up
-        forward = _timed([lambda b=b: model(b.source_ids, b.source_mask, b.target_ids) for b in batches])
-
-        def evaluate_held_out():  # greedy decoding of the whole held-out set, as an evaluation does
-            for start in range(0, len(held_out), 512):
-                b = task.batch(held_out[start:start + 512], padding_side)
-                model.generate(b.source_ids, b.source_mask)
-
-        evaluation = _timed([evaluate_held_out] * 2)
-        sample = _timed([lambda: task.batch(split.sample(rng, batch_size), padding_side)] * repeats)
-        adamw = _timed(adamw_like_updates(model.state_dict(), repeats))
+        t = {
+            "forward": _timed([lambda b=b: model(b.source_ids, b.source_mask, b.target_ids) for b in batches]),
+            "encoder_forward": _timed([lambda b=b: encoder_forward(b, {}) for b in batches]),
+            "encoder_backward": _timed([lambda c=c, d=d: model.encoder.backward(d, c)
+                                        for c, d in zip(caches, d_latents)]),
+            "decoder_forward": _timed([lambda b=b, z=z, i=i: seq2seq_loss(model.decode(z, i), b.target_ids)
+                                       for b, z, i in zip(batches, latents, decoder_inputs)]),
+            "adamw": _timed([lambda: opt.step(grads)] * repeats),
+            "sample_batch": _timed([lambda: task.batch(split.sample(rng, batch_size), padding_side)] * repeats),
+            "eval": _timed([evaluate_held_out] * 2),
+        }
     out = {}
     for clock in ("wall", "cpu"):
-        out[f"numpy_forward_{clock}_s"] = forward[clock]
-        out[f"sample_batch_{clock}_s"] = sample[clock]
-        out[f"numpy_adamw_like_{clock}_s"] = adamw[clock]
-        out[f"numpy_eval_{clock}_s"] = evaluation[clock]
-        # backward ~ 2x forward: a step is a batch draw, forward, backward and an AdamW update
-        out[f"estimated_numpy_step_{clock}_s"] = sample[clock] + 3 * forward[clock] + adamw[clock]
+        out.update({f"numpy_{name}_{clock}_s": v[clock] for name, v in t.items()})
+        # a step: draw a batch, encoder forward (recording its cache), decoder forward + loss, encoder
+        # backward, decoder backward (~ 2x its forward), AdamW
+        out[f"estimated_numpy_step_{clock}_s"] = (
+            t["sample_batch"][clock] + t["encoder_forward"][clock] + 3 * t["decoder_forward"][clock]
+            + t["encoder_backward"][clock] + t["adamw"][clock])
     return out
 
 
@@ -154,29 +178,6 @@ def _timed(calls: list) -> dict:
         wall.append(time.perf_counter() - w0)
         cpu.append(time.process_time() - c0)
     return {"wall": float(np.median(wall)), "cpu": float(np.median(cpu))}
-
-
-def adamw_like_updates(state: dict, repeats: int) -> list:
-    """``repeats`` calls, each one AdamW update (torch's arithmetic, written plainly) of every parameter."""
-    params = {k: v.copy() for k, v in state.items()}
-    grads = {k: np.full_like(v, 1e-3) for k, v in params.items()}
-    m = {k: np.zeros_like(v) for k, v in params.items()}
-    v2 = {k: np.zeros_like(v) for k, v in params.items()}
-    lr, b1, b2, eps, wd = 1e-3, 0.9, 0.999, 1e-8, 0.01
-
-    def update(step: int) -> None:
-        bc1, bc2 = 1 - b1**step, 1 - b2**step
-        for k, p in params.items():
-            g = grads[k]
-            p *= 1 - lr * wd
-            m[k] *= b1
-            m[k] += (1 - b1) * g
-            v2[k] *= b2
-            v2[k] += (1 - b2) * g * g
-            denom = np.sqrt(v2[k]) / math.sqrt(bc2) + eps
-            p -= (lr / bc1) * m[k] / denom
-
-    return [lambda step=step: update(step) for step in range(1, repeats + 1)]
 
 
 @contextmanager
