@@ -1,0 +1,381 @@
+"""A sequence-to-sequence Perceiver: the Perceiver encoder over source bytes, and one of two decoders.
+
+Jaegle et al., "Perceiver IO: A General Architecture for Structured Inputs & Outputs" (2021) for the
+encoder and the output-query decoder; Raffel et al., "Exploring the Limits of Transfer Learning with a
+Unified Text-to-Text Transformer" (T5, 2020) for the autoregressive one. Every layer is one of HF's
+Perceiver modules (``modeling_perceiver.py``, transformers 4.57.6) as npperceiver already computes them;
+only their arrangement is new. Forward pass only here::
+
+    source_ids (B, M), source_mask (B, M)
+      -> text preprocessor: byte embedding + position embedding             (B, M, C)
+      -> the Perceiver encoder, source_mask as its inputs mask              latents z (B, N, D)
+
+    decoder "autoregressive" (T5-like), over the target prefix y_<t:
+      x = target embedding[BOS, y_1 .. y_T-1] + position embedding          (B, T, E)
+      per decoder layer:
+        x = x + SelfAttention(LN(x), causal bias)                         PerceiverAttention, self
+        x = x + CrossAttention(LN(x), LN(z)); x = x + MLP(LN(x))          PerceiverLayer, cross
+      logits = lm_head(LN(x))                                               (B, T, V)
+
+    decoder "queries" (Perceiver IO, like PerceiverForMaskedLM's decoder):
+      q = learned per-position queries (the same for every example)         (B, T, E)
+      x = CrossAttention(LN(q), LN(z)) [+ q]; x = x + MLP(LN(x))            PerceiverLayer, cross, once
+      logits = lm_head(LN(x))                                               (B, T, V)
+
+Letters: B batch, M source bytes, C ``d_model``, N latents, D ``d_latents`` (the encoder's, as everywhere),
+and for the decoder T target positions (``max_target_length``, ``[EOS]`` included), E ``d_decoder``,
+Hd ``num_decoder_heads``, V ``target_vocab_size``.
+
+Where the source comes in. The encoder reads the source once, into the latents. The autoregressive decoder
+reads the latents in *every* layer, midway between its self-attention and its MLP -- exactly where T5's
+decoder reads T5's encoder output; the latents are the Perceiver's "encoder output", N of them whatever the
+source length. The queries decoder reads them once, and predicts all T tokens at the same time
+(``[EOS]`` ends the target, ``[PAD]`` fills the rest); it never sees the target tokens at all.
+
+Masks. The source padding mask is the encoder's ``attention_mask`` (its cross-attention's inputs mask, as in
+``PerceiverModel``): padding bytes get zero attention. The causal mask is an additive (1, 1, T, T) bias in
+each decoder self-attention: 0 on and below the diagonal, float32's minimum above it, so position t reads
+positions 0..t only. Target padding needs no mask of its own: it sits after ``[EOS]``, so the causal mask
+already hides it from every real position, and the loss leaves it out (label -100). Nothing masks the
+decoder's cross-attention: every latent is real.
+
+Parameters are nested dicts keyed like the state dict (see :func:`seq2seq_param_shapes`): the encoder under
+``perceiver.`` exactly as in ``PerceiverForMaskedLM``, the decoder under ``decoder.``, where every attention
+has HF's ``PerceiverAttention`` layout and every attention + MLP HF's ``PerceiverLayer`` layout.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from typing import Any, Mapping, Optional
+
+import numpy as np
+
+from .attention import Params, perceiver_attention
+from .config import PerceiverConfig
+from .dims import AttentionDims
+from .functional import layer_norm, linear
+from .layers import perceiver_layer
+from .masks import MASK_MIN
+from .model import PerceiverModel
+from .tasks import BOS_ID, EOS_ID, get_task
+from .text import IGNORE_INDEX, masked_lm_loss, text_preprocessor, trainable_position_encoding
+from .tokenizer import PAD_ID
+from .weights import PREFIX, flatten, init_params, layer_param_shapes, param_shapes, params_from_shapes
+
+DECODERS = ("autoregressive", "queries")
+
+
+# ---------------------------------------------------------------------- config
+@dataclass(frozen=True)
+class Seq2SeqConfig:
+    """Hyper-parameters of the encoder-decoder: the encoder's :class:`PerceiverConfig` and the decoder's.
+
+    The encoder config's ``vocab_size`` is the source vocabulary (262 byte ids) and its
+    ``max_position_embeddings`` the longest source (in bytes).
+    """
+
+    encoder: PerceiverConfig
+    decoder: str = "autoregressive"  # "autoregressive" (T5-like) or "queries" (Perceiver IO)
+    target_vocab_size: int = 33  # [V] target ids, [PAD] [BOS] [EOS] included
+    max_target_length: int = 10  # [T] target positions, [EOS] included
+    d_decoder: int = 64  # [E] width of the target embeddings / output queries and of the decoder's residual stream
+    num_decoder_layers: int = 1  # autoregressive only: (causal self-attention, cross-attention + MLP) layers
+    num_decoder_heads: int = 4  # [Hd] heads of every decoder attention
+    decoder_widening_factor: int = 1  # MLP hidden width = factor * E
+    decoder_use_query_residual: bool = True  # queries decoder: add the queries back after the cross-attention
+    #                                          (HF's PerceiverForMaskedLM: False); autoregressive: always True
+    task: Optional[str] = None  # the toy task the model translates (tasks.py), when it is one
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.encoder, PerceiverConfig):
+            raise ValueError(f"encoder must be a PerceiverConfig, got {type(self.encoder).__name__}")
+        if self.decoder not in DECODERS:
+            raise ValueError(f"decoder must be one of {', '.join(DECODERS)}, got {self.decoder!r}")
+        for name in ("target_vocab_size", "max_target_length", "d_decoder", "num_decoder_layers",
+                     "num_decoder_heads", "decoder_widening_factor"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
+                raise ValueError(f"{name} must be a positive integer, got {value!r}")
+        if self.target_vocab_size <= EOS_ID:
+            raise ValueError(f"target_vocab_size must exceed the special ids [PAD] [BOS] [EOS], got "
+                             f"{self.target_vocab_size}")
+        if self.d_decoder % self.num_decoder_heads:
+            raise ValueError(f"d_decoder ({self.d_decoder}) must be divisible by num_decoder_heads "
+                             f"({self.num_decoder_heads})")
+        if self.decoder == "queries" and self.num_decoder_layers != 1:
+            raise ValueError(f"the queries decoder cross-attends once: num_decoder_layers must be 1, got "
+                             f"{self.num_decoder_layers}")
+        if not isinstance(self.decoder_use_query_residual, bool):
+            raise ValueError(f"decoder_use_query_residual must be a bool, got {self.decoder_use_query_residual!r}")
+        if self.task is not None:
+            task = get_task(self.task)  # a ValueError for an unknown name
+            wanted = {"target_vocab_size": task.target_vocab.size, "max_target_length": task.max_target_length}
+            for name, value in wanted.items():
+                if getattr(self, name) != value:
+                    raise ValueError(f"task {self.task!r} needs {name}={value}, got {getattr(self, name)}")
+            if self.encoder.max_position_embeddings < task.max_source_length:
+                raise ValueError(f"task {self.task!r} has sources of up to {task.max_source_length} bytes; "
+                                 f"encoder max_position_embeddings is {self.encoder.max_position_embeddings}")
+
+    @property
+    def decoder_self_attention(self) -> AttentionDims:
+        """The autoregressive decoder's causal self-attention (a ``PerceiverAttention``, no MLP): E -> E."""
+        E = self.d_decoder
+        return AttentionDims(is_cross=False, num_heads=self.num_decoder_heads, q_dim=E, kv_dim=E, qk_channels=E,
+                             v_channels=E, output_channels=E, widening_factor=self.decoder_widening_factor,
+                             use_query_residual=True)
+
+    @property
+    def decoder_cross_attention(self) -> AttentionDims:
+        """Every decoder cross-attention to the latents + MLP (a ``PerceiverLayer``): queries E, latents D."""
+        E = self.d_decoder
+        residual = self.decoder_use_query_residual or self.decoder == "autoregressive"
+        return AttentionDims(is_cross=True, num_heads=self.num_decoder_heads, q_dim=E, kv_dim=self.encoder.d_latents,
+                             qk_channels=E, v_channels=E, output_channels=E,
+                             widening_factor=self.decoder_widening_factor, use_query_residual=residual)
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready: the decoder fields, with the encoder config as a nested dict."""
+        out = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
+        out["encoder"] = self.encoder.to_dict()
+        return out
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> "Seq2SeqConfig":
+        """Inverse of :meth:`to_dict`; unknown keys are an error."""
+        if not isinstance(data, Mapping) or not isinstance(data.get("encoder"), Mapping):
+            raise ValueError("a Seq2SeqConfig dict needs an 'encoder' mapping")
+        names = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(data) - names)
+        if unknown:
+            raise ValueError(f"unknown Seq2SeqConfig field(s): {', '.join(unknown)}")
+        return cls(**{**data, "encoder": PerceiverConfig.from_dict(data["encoder"])})
+
+
+# ---------------------------------------------------------------------- parameter names and shapes
+def attention_param_shapes(prefix: str, dims: AttentionDims) -> dict[str, tuple[int, ...]]:
+    """Parameter shapes of one HF ``PerceiverAttention`` (attention + output projection, no MLP) at ``prefix``."""
+    layer = layer_param_shapes("_", dims)  # a PerceiverLayer's keys; keep its attention's
+    return {prefix + key[len("_.attention"):]: shape for key, shape in layer.items() if key.startswith("_.attention.")}
+
+
+def seq2seq_param_shapes(config: Seq2SeqConfig) -> dict[str, tuple[int, ...]]:
+    """Every parameter of the encoder-decoder, by state-dict key, in the order the forward pass uses them."""
+    enc = config.encoder
+    C, V, T, E = enc.d_model, config.target_vocab_size, config.max_target_length, config.d_decoder
+    shapes = {
+        f"{PREFIX}input_preprocessor.embeddings.weight": (enc.vocab_size, C),
+        f"{PREFIX}input_preprocessor.position_embeddings.weight": (enc.max_position_embeddings, C),
+    }
+    shapes.update({PREFIX + key: shape for key, shape in param_shapes(enc).items()})  # latents, encoder
+    if config.decoder == "autoregressive":
+        shapes["decoder.embeddings.weight"] = (V, E)
+        shapes["decoder.position_embeddings.weight"] = (T, E)
+        for j in range(config.num_decoder_layers):
+            shapes.update(attention_param_shapes(f"decoder.layers.{j}.self_attention", config.decoder_self_attention))
+            shapes.update(layer_param_shapes(f"decoder.layers.{j}.cross_attention", config.decoder_cross_attention))
+    else:
+        shapes["decoder.output_position_encodings.position_embeddings"] = (T, E)
+        shapes.update(layer_param_shapes("decoder.decoding_cross_attention", config.decoder_cross_attention))
+    shapes.update({"decoder.layernorm.weight": (E,), "decoder.layernorm.bias": (E,),
+                   "decoder.lm_head.weight": (V, E), "decoder.lm_head.bias": (V,)})
+    return shapes
+
+
+# ---------------------------------------------------------------------- the pieces
+def causal_mask(T: int) -> np.ndarray:
+    """The additive causal bias (1, 1, T, T): 0 where key s <= query t, float32's minimum where s > t."""
+    future = np.triu(np.ones((T, T), dtype=bool), k=1)  # (T, T) True above the diagonal
+    return np.where(future, MASK_MIN, np.float32(0))[None, None].astype(np.float32)  # (1, 1, T, T)
+
+
+def shift_right(target_ids: np.ndarray) -> np.ndarray:
+    """Teacher forcing's decoder input: ``[BOS]`` then the target without its last position, (B, T) -> (B, T).
+
+    Position t of the decoder reads ``[BOS] y_1 .. y_t`` and predicts ``y_{t+1}``.
+    """
+    bos = np.full((target_ids.shape[0], 1), BOS_ID, dtype=target_ids.dtype)  # (B, 1)
+    return np.concatenate([bos, target_ids[:, :-1]], axis=1)  # (B, 1) ++ (B, T-1) -> (B, T)
+
+
+def seq2seq_loss(logits: np.ndarray, target_ids: np.ndarray) -> np.float32:
+    """Mean cross-entropy over the target tokens, ``[EOS]`` included and ``[PAD]`` left out.
+
+    logits (B, T, V), target_ids (B, T). The same loss for both decoders.
+    """
+    labels = np.where(target_ids == PAD_ID, IGNORE_INDEX, target_ids)  # (B, T): padding -> -100
+    return masked_lm_loss(logits, labels)
+
+
+def autoregressive_decoder(
+    params: Params, config: Seq2SeqConfig, decoder_input_ids: np.ndarray, latents: np.ndarray,
+) -> np.ndarray:
+    """The T5-like decoder: (B, T') decoder input ids and latents (B, N, D) -> logits (B, T', V), T' <= T.
+
+    ``params``: the ``decoder`` sub-tree. Logits at position t depend on ``decoder_input_ids[:, :t+1]`` and
+    the latents only (the causal mask).
+    """
+    H, T = config.num_decoder_heads, decoder_input_ids.shape[1]
+    x = params["embeddings"]["weight"][decoder_input_ids]  # (V, E)[(B, T)] -> (B, T, E)
+    x = x + params["position_embeddings"]["weight"][:T]  # (B, T, E) + (T, E)
+    bias = causal_mask(T)  # (1, 1, T, T)
+    for layer in params["layers"]:
+        x, _ = perceiver_attention(
+            layer["self_attention"], x, H, use_query_residual=True, attention_mask=bias,
+        )  # x + SelfAttention(LN(x)): (B, T, E)
+        x, _ = perceiver_layer(
+            layer["cross_attention"], x, H, use_query_residual=True, hidden_act=config.encoder.hidden_act,
+            inputs=latents,
+        )  # x + CrossAttention(LN(x), LN(z)), then + MLP(LN(.)): (B, T, E)
+    x = layer_norm(x, **params["layernorm"])  # (B, T, E)
+    return linear(x, **params["lm_head"])  # (B, T, E) -> (B, T, V)
+
+
+def queries_decoder(params: Params, config: Seq2SeqConfig, latents: np.ndarray) -> np.ndarray:
+    """The Perceiver IO decoder: T learned queries read the latents (B, N, D) once -> logits (B, T, V).
+
+    ``params``: the ``decoder`` sub-tree. Like HF ``PerceiverBasicDecoder`` with trainable position
+    encodings as queries, then a layernorm and a linear head over the target vocabulary.
+    """
+    query = trainable_position_encoding(params["output_position_encodings"]["position_embeddings"],
+                                        latents.shape[0])  # (T, E) -> (B, T, E)
+    x, _ = perceiver_layer(
+        params["decoding_cross_attention"], query, config.num_decoder_heads,
+        use_query_residual=config.decoder_cross_attention.use_query_residual,
+        hidden_act=config.encoder.hidden_act, inputs=latents,
+    )  # CrossAttention(LN(q), LN(z)) [+ q], then + MLP(LN(.)): (B, T, E)
+    x = layer_norm(x, **params["layernorm"])  # (B, T, E)
+    return linear(x, **params["lm_head"])  # (B, T, E) -> (B, T, V)
+
+
+# ---------------------------------------------------------------------- the model
+@dataclass
+class Seq2SeqOutput:
+    """``logits`` (B, T', V); ``latents`` (B, N, D), the encoder's output; ``loss`` when targets are given."""
+
+    logits: np.ndarray
+    latents: np.ndarray
+    loss: Optional[np.float32] = None
+
+
+class PerceiverSeq2Seq:
+    """The encoder-decoder with its weights. Build it with :meth:`init` or :meth:`from_state_dict`.
+
+    ``params["perceiver"]`` is the encoder, laid out as ``PerceiverForMaskedLM``'s (``self.encoder`` is a
+    :class:`PerceiverModel` sharing its arrays); ``params["decoder"]`` the decoder.
+    """
+
+    def __init__(self, config: Seq2SeqConfig, params: dict) -> None:
+        if not isinstance(config, Seq2SeqConfig):
+            raise ValueError(f"config must be a Seq2SeqConfig, got {type(config).__name__}")
+        self.config = config
+        self.params = params
+        self.encoder = PerceiverModel(config.encoder, params["perceiver"])
+
+    @classmethod
+    def init(cls, config: Seq2SeqConfig, seed: int = 0) -> "PerceiverSeq2Seq":
+        """HF-style random weights from ``np.random.default_rng(seed)``: Linear weights, embeddings, latents and
+        queries ~ N(0, initializer_range), biases 0, LayerNorms 1 and 0."""
+        if not isinstance(config, Seq2SeqConfig):
+            raise ValueError(f"config must be a Seq2SeqConfig, got {type(config).__name__}")
+        rng = np.random.default_rng(seed)
+        return cls(config, init_params(config.encoder, rng, shapes=seq2seq_param_shapes(config)))
+
+    @classmethod
+    def from_state_dict(cls, config: Seq2SeqConfig, state_dict: Mapping[str, Any]) -> "PerceiverSeq2Seq":
+        """Load weights keyed as :func:`seq2seq_param_shapes` (e.g. the torch reference's ``state_dict()``)."""
+        return cls(config, params_from_shapes(seq2seq_param_shapes(config), state_dict))
+
+    def state_dict(self) -> dict[str, np.ndarray]:
+        """Key -> the model's arrays (not copies), in :func:`seq2seq_param_shapes` order."""
+        flat = dict(flatten(self.params))
+        return {k: flat[k] for k in seq2seq_param_shapes(self.config)}
+
+    def encode(self, source_ids: Any, source_mask: Optional[Any] = None) -> np.ndarray:
+        """Source byte ids (B, M) and keep-mask (B, M) -> latents (B, N, D)."""
+        enc = self.config.encoder
+        source_ids = _check_ids(source_ids, "source_ids", enc.vocab_size, enc.max_position_embeddings)
+        inputs, _ = text_preprocessor(self.params["perceiver"]["input_preprocessor"], source_ids)  # (B, M, C)
+        return self.encoder(inputs, attention_mask=source_mask).last_hidden_state  # (B, N, D)
+
+    def decode(self, latents: np.ndarray, decoder_input_ids: Optional[Any] = None) -> np.ndarray:
+        """Latents (B, N, D) -> logits: (B, T', V) for the autoregressive decoder's (B, T') input ids,
+        (B, T, V) for the queries decoder (which takes no ids)."""
+        cfg = self.config
+        if cfg.decoder == "queries":
+            if decoder_input_ids is not None:
+                raise ValueError("the queries decoder reads no target tokens: pass decoder_input_ids=None")
+            return queries_decoder(self.params["decoder"], cfg, latents)
+        if decoder_input_ids is None:
+            raise ValueError("the autoregressive decoder needs decoder_input_ids (B, T'), e.g. "
+                             "shift_right(target_ids)")
+        ids = _check_ids(decoder_input_ids, "decoder_input_ids", cfg.target_vocab_size, cfg.max_target_length)
+        if ids.shape[0] != latents.shape[0]:
+            raise ValueError(f"decoder_input_ids has {ids.shape[0]} rows but the batch has {latents.shape[0]}")
+        return autoregressive_decoder(self.params["decoder"], cfg, ids, latents)
+
+    def __call__(self, source_ids: Any, source_mask: Optional[Any] = None,
+                 target_ids: Optional[Any] = None) -> Seq2SeqOutput:
+        """Teacher-forced forward pass: logits (B, T, V) for every target position, and the loss when
+        ``target_ids`` (B, T) -- ``[EOS]`` then ``[PAD]`` -- are given. The autoregressive decoder needs them
+        (its input is ``shift_right(target_ids)``); the queries decoder predicts without them."""
+        cfg = self.config
+        latents = self.encode(source_ids, source_mask)  # (B, N, D)
+        if target_ids is not None:
+            target_ids = _check_ids(target_ids, "target_ids", cfg.target_vocab_size, cfg.max_target_length)
+            if target_ids.shape != (latents.shape[0], cfg.max_target_length):
+                raise ValueError(f"target_ids must have shape (B, T) = {(latents.shape[0], cfg.max_target_length)}, "
+                                 f"got {target_ids.shape}")
+        if cfg.decoder == "autoregressive":
+            if target_ids is None:
+                raise ValueError("the autoregressive decoder is teacher-forced here: pass target_ids "
+                                 "(or use generate())")
+            logits = self.decode(latents, shift_right(target_ids))  # (B, T, V)
+        else:
+            logits = self.decode(latents)  # (B, T, V)
+        loss = seq2seq_loss(logits, target_ids) if target_ids is not None else None
+        return Seq2SeqOutput(logits, latents, loss)
+
+    def generate(self, source_ids: Any, source_mask: Optional[Any] = None) -> np.ndarray:
+        """Greedy decoding: target ids (B, T), ``[EOS]`` after the last token and ``[PAD]`` after that.
+
+        Queries decoder: the argmax at every position at once. Autoregressive: one position at a time, each
+        step re-running the decoder on the prefix so far (``[BOS]`` and the tokens chosen), until every row
+        has produced ``[EOS]`` or T tokens. Ties go to the lowest id (``argmax``), so decoding is deterministic.
+        """
+        cfg = self.config
+        latents = self.encode(source_ids, source_mask)  # (B, N, D)
+        B, T = latents.shape[0], cfg.max_target_length
+        if cfg.decoder == "queries":
+            out = self.decode(latents).argmax(axis=-1)  # (B, T, V) -> (B, T)
+        else:
+            out = np.full((B, T), PAD_ID, dtype=np.int64)  # (B, T) the chosen tokens
+            prefix = np.full((B, 1), BOS_ID, dtype=np.int64)  # (B, 1) the decoder's input so far
+            for t in range(T):
+                out[:, t] = self.decode(latents, prefix)[:, t].argmax(axis=-1)  # (B, t+1, V) -> (B,)
+                if t + 1 < T:
+                    prefix = np.concatenate([prefix, out[:, t:t + 1]], axis=1)  # (B, t+2)
+                if (out[:, : t + 1] == EOS_ID).any(axis=1).all():
+                    break
+        return _pad_after_eos(out)
+
+
+def _pad_after_eos(ids: np.ndarray) -> np.ndarray:
+    """Everything after a row's first ``[EOS]`` becomes ``[PAD]``, (B, T) -> (B, T)."""
+    after = np.cumsum(ids == EOS_ID, axis=1) - (ids == EOS_ID) > 0  # (B, T) True past the first EOS
+    return np.where(after, PAD_ID, ids)
+
+
+def _check_ids(ids: Any, name: str, vocab_size: int, max_length: int) -> np.ndarray:
+    """Integer ids (B, L) with 1 <= L <= max_length, each in [0, vocab_size)."""
+    arr = np.asarray(ids)
+    if arr.dtype == bool or not np.issubdtype(arr.dtype, np.integer):
+        raise ValueError(f"{name} must be integers, got dtype {arr.dtype}")
+    if arr.ndim != 2 or arr.shape[0] == 0 or not 1 <= arr.shape[1] <= max_length:
+        raise ValueError(f"{name} must have shape (B, L) with B >= 1 and 1 <= L <= {max_length}, got {arr.shape}")
+    bad = (arr < 0) | (arr >= vocab_size)
+    if bad.any():
+        raise ValueError(f"{name} must lie in [0, {vocab_size}), found {int(arr[bad][0])}")
+    return arr.astype(np.int64, copy=False)
