@@ -59,7 +59,7 @@ from .functional import layer_norm, linear
 from .layers import perceiver_layer
 from .masks import MASK_MIN
 from .model import PerceiverModel
-from .tasks import BOS_ID, EOS_ID, get_task
+from .tasks import BOS_ID, EOS_ID, SOURCE_VOCAB_SIZE, get_task
 from .text import IGNORE_INDEX, masked_lm_loss, text_preprocessor, trainable_position_encoding
 from .tokenizer import PAD_ID
 from .weights import PREFIX, flatten, init_params, layer_param_shapes, param_shapes, params_from_shapes
@@ -152,6 +152,22 @@ class Seq2SeqConfig:
         if unknown:
             raise ValueError(f"unknown Seq2SeqConfig field(s): {', '.join(unknown)}")
         return cls(**{**data, "encoder": PerceiverConfig.from_dict(data["encoder"])})
+
+    @classmethod
+    def for_task(cls, task: str, decoder: str = "autoregressive") -> "Seq2SeqConfig":
+        """The model that learns ``task`` (``digits-to-words`` or ``words-to-digits``) with ``decoder``: the
+        recipe of docs/translation.md. Encoder: N = 32 latents, D = C = 64, one block of two self-attention
+        layers, 4 heads in every attention, widening 1; decoder: E = 64, 4 heads, one layer, widening 1."""
+        spec = get_task(task)  # a ValueError for an unknown name
+        encoder = PerceiverConfig(
+            num_latents=32, d_latents=64, d_model=64, num_blocks=1, num_self_attends_per_block=2,
+            num_self_attention_heads=4, num_cross_attention_heads=4, self_attention_widening_factor=1,
+            cross_attention_widening_factor=1, attention_probs_dropout_prob=0.0,
+            vocab_size=SOURCE_VOCAB_SIZE, max_position_embeddings=spec.max_source_length,
+        )
+        return cls(encoder, decoder=decoder, target_vocab_size=spec.target_vocab.size,
+                   max_target_length=spec.max_target_length, d_decoder=64, num_decoder_layers=1,
+                   num_decoder_heads=4, decoder_widening_factor=1, task=task)
 
 
 # ---------------------------------------------------------------------- parameter names and shapes

@@ -366,3 +366,21 @@ def test_parity_with_the_torch_twin(reference, task_name, decoder):
     assert out.loss == pytest.approx(loss, rel=RTOL)
     assert np.array_equal(model.generate(batch.source_ids, batch.source_mask),
                           twin.generate(source, keep).numpy())
+
+
+@pytest.mark.parametrize("task,decoder,count", [
+    ("digits-to-words", "autoregressive", 142_113), ("digits-to-words", "queries", 123_233),
+    ("words-to-digits", "autoregressive", 143_053), ("words-to-digits", "queries", 125_453),
+])
+def test_for_task_builds_the_recipe_of_the_docs(task, decoder, count):
+    # the parameter counts docs/translation.md reports for the recipe (counted on its torch twin)
+    config = Seq2SeqConfig.for_task(task, decoder)
+    assert (config.task, config.decoder, config.encoder.num_latents) == (task, decoder, 32)
+    assert sum(v.size for v in PerceiverSeq2Seq.init(config).state_dict().values()) == count
+
+
+def test_for_task_refuses_unknown_names():
+    with pytest.raises(ValueError, match="task"):
+        Seq2SeqConfig.for_task("pig-latin")
+    with pytest.raises(ValueError, match="decoder must be one of"):
+        Seq2SeqConfig.for_task("digits-to-words", "beam")
