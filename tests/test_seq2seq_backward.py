@@ -29,6 +29,7 @@ from npperceiver.seq2seq import (
     shift_right,
 )
 from npperceiver.tasks import EOS_ID, NumberSplit, get_task
+from npperceiver.text import embedding_backward
 from npperceiver.tokenizer import PAD_ID
 from npperceiver.weights import flatten, unflatten
 
@@ -113,6 +114,22 @@ def test_seq2seq_loss_backward_entry_by_entry():
         fd[idx] = (seq2seq_loss(logits + e, targets) - seq2seq_loss(logits - e, targets)) / 2e-6
     np.testing.assert_allclose(d, fd, rtol=0, atol=1e-8)
     assert seq2seq_loss_backward(logits.astype(np.float32), targets).dtype == np.float32
+
+
+@settings(max_examples=25)
+@given(V=st.integers(1, 9), B=st.integers(1, 4), M=st.integers(1, 7), seed=st.integers(0, 2**32 - 1))
+def test_embedding_backward_is_the_scatter_add(V, B, M, seed):
+    """The embeddings' gradient (source bytes and target tokens): the sum of every use of an id, 0 for an
+    unused id -- ``np.add.at`` in float64, whatever the ids' repeats and order."""
+    rng = np.random.default_rng(seed)
+    ids = rng.integers(0, V, (B, M))  # (B, M), repeats likely
+    d_out = rng.standard_normal((B, M, 3))  # (B, M, C)
+    expected = np.zeros((V, 3))
+    np.add.at(expected, ids, d_out)
+    got = embedding_backward(d_out, ids, V)
+    np.testing.assert_allclose(got, expected, rtol=0, atol=1e-12)
+    assert np.all(got[np.setdiff1d(np.arange(V), ids)] == 0)
+    assert embedding_backward(d_out.astype(np.float32), ids, V).dtype == np.float32
 
 
 @FEW
