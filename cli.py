@@ -23,13 +23,15 @@ import numpy as np
 
 import npperceiver
 from npperceiver import pretraining
-from npperceiver.config import PerceiverConfig
+from npperceiver.config import MAX_CONFIG_BYTES, PerceiverConfig, parse_json
 from npperceiver.presets import available_presets, load_preset
+from npperceiver.seq2seq import DECODERS, Seq2SeqConfig
+from npperceiver.tasks import TASKS
 from npperceiver.trace import (
-    encoder_steps, format_shape, layer_summary, mask_label, mask_summary, mlm_steps, scope_title,
+    encoder_steps, format_shape, layer_summary, mask_label, mask_summary, mlm_steps, scope_title, seq2seq_steps,
 )
 from npperceiver.viz import attention as attention_viz
-from npperceiver.viz.encoder_graph import build_encoder_graph, build_mlm_graph
+from npperceiver.viz.encoder_graph import build_encoder_graph, build_mlm_graph, build_seq2seq_graph
 from npperceiver.viz.render import RenderError, dot_available, render, to_dot
 
 
@@ -54,32 +56,54 @@ def main() -> None:
 
 # ---------------------------------------------------------------------------- draw-encoder
 FORMATS = ("svg", "png", "pdf", "dot")
-MODELS = ("encoder", "mlm")
+MODELS = ("encoder", "mlm", "seq2seq")
+
+
+def _model_options(command):
+    """The options naming the model a drawing or a table shows: --config and --model, and for the
+    translation model (--model seq2seq) --task and --decoder (or a Seq2SeqConfig JSON as --config)."""
+    options = [
+        click.option("--config", "config_name", metavar="PATH_OR_PRESET",
+                     help="A JSON config (an HF config.json works), or a bundled preset: small, language-perceiver. "
+                          "With --model seq2seq: a Seq2SeqConfig JSON (e.g. configs/seq2seq-digits-to-words.json), "
+                          "or give --task instead."),
+        click.option("--model", type=click.Choice(MODELS), default="encoder", show_default=True,
+                     help="encoder: PerceiverModel; mlm: PerceiverForMaskedLM (text preprocessor, encoder, decoder); "
+                          "seq2seq: the translation model (encoder, decoder, loss)."),
+        click.option("--task", type=click.Choice(TASKS),
+                     help="With --model seq2seq: the translation model made for this task "
+                          "(Seq2SeqConfig.for_task, the recipe of docs/translation.md)."),
+        click.option("--decoder", type=click.Choice(DECODERS),
+                     help="With --task: autoregressive (T5-like) or queries (Perceiver IO).  [default: autoregressive]"),
+    ]
+    for option in reversed(options):
+        command = option(command)
+    return command
 
 
 @main.command("draw-encoder")
-@click.option("--config", "config_name", required=True, metavar="PATH_OR_PRESET",
-              help="A JSON config (an HF config.json works), or a bundled preset: small, language-perceiver.")
-@click.option("--model", type=click.Choice(MODELS), default="encoder", show_default=True,
-              help="encoder: PerceiverModel; mlm: PerceiverForMaskedLM (text preprocessor, encoder, decoder).")
+@_model_options
 @click.option("--output", "-o", metavar="FILE|-",
               help="Where to write the diagram; '-' for standard output. Default: <config>-<model>.<format>.")
 @click.option("--format", "fmt", type=click.Choice(FORMATS),
               help="Output format. Default: from the output's extension, else svg.")
 @click.option("--detail", type=click.Choice(["layer", "op"]),
               help="op: every operation; layer: one box per PerceiverLayer. "
-                   "Default: op up to 8 drawn layers, layer beyond; layer for --model mlm.")
+                   "Default: op up to 8 drawn layers, layer beyond; layer for --model mlm and seq2seq.")
 @click.option("--unroll", is_flag=True, help="Draw every application of the self-attention block.")
 @click.option("--batch", type=click.IntRange(min=1), help="A number for B in the shapes (default: the letter B).")
 @click.option("--seq-len", type=click.IntRange(min=1), help="A number for M in the shapes (default: the letter M).")
 @click.option("--hide-masks", is_flag=True, help="Leave the masks out of the drawing.")
-def draw_encoder(config_name: str, model: str, output: Optional[str], fmt: Optional[str], detail: Optional[str],
-                 unroll: bool, batch: Optional[int], seq_len: Optional[int], hide_masks: bool) -> None:
+def draw_encoder(config_name: Optional[str], model: str, task: Optional[str], decoder: Optional[str],
+                 output: Optional[str], fmt: Optional[str], detail: Optional[str], unroll: bool, batch: Optional[int],
+                 seq_len: Optional[int], hide_masks: bool) -> None:
     """Draw the encoder of a config: its layers, and how data and each mask flow through them.
 
     Every box shows the shape of what it outputs, as a real forward pass makes it. With --model mlm, the
     masked language model: the text preprocessor, the encoder, the decoder's output queries and their
-    cross-attention to the latents, and the logits, tied to the token embedding.
+    cross-attention to the latents, and the logits, tied to the token embedding. With --model seq2seq, the
+    translation model: the encoder and the decoder framed, the source padding, causal and target padding
+    masks, and the latents' edge into each decoder cross-attention, where the source enters the decoder.
     svg, png and pdf need Graphviz's `dot` program; --format dot needs nothing.
 
     \b
@@ -88,9 +112,10 @@ def draw_encoder(config_name: str, model: str, output: Optional[str], fmt: Optio
       npperceiver draw-encoder --config configs/small.json --detail layer --unroll -o small.png
       npperceiver draw-encoder --config language-perceiver --seq-len 2048 --format dot -o -
       npperceiver draw-encoder --config small.json --model mlm -o small-mlm.svg
+      npperceiver draw-encoder --model seq2seq --task digits-to-words --decoder queries -o queries.svg
     """
 
-    config, name = _load_config(config_name)
+    config, name = _model_config(model, config_name, task, decoder)
     if fmt is None:
         suffix = Path(output).suffix.lower().lstrip(".") if output and output != "-" else ""
         fmt = suffix if suffix in FORMATS else "svg"
@@ -105,7 +130,9 @@ def draw_encoder(config_name: str, model: str, output: Optional[str], fmt: Optio
         _check_mlm(config, name)
     options = dict(unroll=unroll, batch=batch or "B", seq_len=seq_len or "M", masks=not hide_masks, name=name)
     try:
-        if model == "mlm":
+        if model == "seq2seq":
+            graph = build_seq2seq_graph(config, detail=detail or "layer", **options)
+        elif model == "mlm":
             graph = build_mlm_graph(config, detail=detail or "layer", **options)
         else:
             graph = build_encoder_graph(config, detail=detail, **options)
@@ -125,15 +152,13 @@ def draw_encoder(config_name: str, model: str, output: Optional[str], fmt: Optio
 
 # ---------------------------------------------------------------------------- explain
 @main.command("explain")
-@click.option("--config", "config_name", required=True, metavar="PATH_OR_PRESET",
-              help="A JSON config (an HF config.json works), or a bundled preset: small, language-perceiver.")
-@click.option("--model", type=click.Choice(MODELS), default="encoder", show_default=True,
-              help="encoder: PerceiverModel; mlm: PerceiverForMaskedLM (text preprocessor, encoder, decoder).")
+@_model_options
 @click.option("--batch", type=click.IntRange(min=1), help="A number for B in the shapes (default: the letter B).")
 @click.option("--seq-len", type=click.IntRange(min=1), help="A number for M in the shapes (default: the letter M).")
 @click.option("--full", is_flag=True, help="Every operation, one row each, with its HF module (default: one row "
                                            "per layer).")
-def explain(config_name: str, model: str, batch: Optional[int], seq_len: Optional[int], full: bool) -> None:
+def explain(config_name: Optional[str], model: str, task: Optional[str], decoder: Optional[str], batch: Optional[int],
+            seq_len: Optional[int], full: bool) -> None:
     """Print the encoder's forward pass, in order: each layer, what it computes, its output shape, and the
     masks acting there; then what becomes of each mask. --full lists every operation with the HF module it
     mirrors. The text twin of draw-encoder.
@@ -143,21 +168,29 @@ def explain(config_name: str, model: str, batch: Optional[int], seq_len: Optiona
       npperceiver explain --config small.json
       npperceiver explain --config language-perceiver --batch 1 --seq-len 2048
       npperceiver explain --config small.json --model mlm --full | less
+      npperceiver explain --model seq2seq --task words-to-digits --decoder queries
     """
 
-    config, name = _load_config(config_name)
+    config, name = _model_config(model, config_name, task, decoder)
     if model == "mlm":
         _check_mlm(config, name)
+    trace = {"encoder": encoder_steps, "mlm": mlm_steps, "seq2seq": seq2seq_steps}[model]
     try:
-        steps = (mlm_steps if model == "mlm" else encoder_steps)(config, batch=batch or "B", seq_len=seq_len or "M")
+        steps = trace(config, batch=batch or "B", seq_len=seq_len or "M")
     except ValueError as e:
         raise CliError(str(e)) from None
-    sizes = (f"N={config.num_latents} D={config.d_latents} C={config.d_model} "
-             f"Hc={config.num_cross_attention_heads} Hs={config.num_self_attention_heads} "
-             f"S={config.num_self_attends_per_block} num_blocks={config.num_blocks}")
+    enc = config.encoder if model == "seq2seq" else config
+    sizes = (f"N={enc.num_latents} D={enc.d_latents} C={enc.d_model} "
+             f"Hc={enc.num_cross_attention_heads} Hs={enc.num_self_attention_heads} "
+             f"S={enc.num_self_attends_per_block} num_blocks={enc.num_blocks}")
     if model == "mlm":
         sizes += f" V={config.vocab_size} P={config.max_position_embeddings}"
-    what = "Perceiver IO masked language model" if model == "mlm" else "Perceiver encoder"
+    if model == "seq2seq":
+        sizes += (f"; decoder {config.decoder}: T={config.max_target_length} E={config.d_decoder} "
+                  f"Hd={config.num_decoder_heads} V={config.target_vocab_size}"
+                  + (f" layers={config.num_decoder_layers}" if config.decoder == "autoregressive" else ""))
+    what = {"encoder": "Perceiver encoder", "mlm": "Perceiver IO masked language model",
+            "seq2seq": "Perceiver encoder-decoder (translation)"}[model]
     lines = [f"{what} forward pass: {name} ({sizes})"]
     if full:
         rows = [("#", "HF module", "operation", "output shape", "mask")]
@@ -928,6 +961,62 @@ def _load_config(name: str):
         raise CliError(f"--config {name}: cannot read it: {e.strerror or e}") from None
     raise CliError(f"--config {name}: no such file, and no bundled preset of that name "
                    f"(presets: {', '.join(available_presets())})")
+
+
+def _model_config(model: str, config_name: Optional[str], task: Optional[str], decoder: Optional[str]):
+    """The config of ``--model``, and a name for it: a PerceiverConfig from --config (encoder, mlm), or the
+    translation model's Seq2SeqConfig from --task [--decoder] or from a JSON --config (seq2seq)."""
+    if model != "seq2seq":
+        if task is not None or decoder is not None:
+            raise click.UsageError("--task and --decoder describe a translation model: add --model seq2seq")
+        if config_name is None:
+            raise click.UsageError(f"Missing option '--config' (the config of --model {model}: a JSON file or a preset)")
+        return _load_config(config_name)
+    if config_name is not None and task is not None:
+        raise click.UsageError("pass --task or --config, not both: --task makes the recipe model of a task, --config "
+                               "reads a Seq2SeqConfig JSON")
+    if config_name is None and task is None:
+        raise click.UsageError("--model seq2seq needs --task digits-to-words|words-to-digits (the recipe model) or "
+                               "--config FILE.json (a Seq2SeqConfig)")
+    if task is not None:
+        decoder = decoder or "autoregressive"
+        click.echo(f"config: the {task} recipe, {decoder} decoder (Seq2SeqConfig.for_task)", err=True)
+        return Seq2SeqConfig.for_task(task, decoder), f"{task}-{decoder}"
+    if decoder is not None:
+        raise click.UsageError("--decoder goes with --task; a --config file names its own decoder")
+    return _load_seq2seq_config(config_name), Path(config_name).name
+
+
+def _load_seq2seq_config(name: str) -> Seq2SeqConfig:
+    """A Seq2SeqConfig from a JSON file (``Seq2SeqConfig.to_dict``'s layout), read as carefully as
+    ``PerceiverConfig.from_json`` reads one: at most MAX_CONFIG_BYTES, UTF-8, strict JSON."""
+    path = Path(name)
+    if path.is_dir():
+        raise CliError(f"--config {name}: is a folder, not a JSON file")
+    if not path.exists():
+        raise CliError(f"--config {name}: no such file (--model seq2seq reads a Seq2SeqConfig JSON, e.g. "
+                       "configs/seq2seq-digits-to-words.json; or give --task)")
+    try:
+        with open(path, "rb") as f:
+            raw = f.read(MAX_CONFIG_BYTES + 1)
+    except OSError as e:
+        raise CliError(f"--config {name}: cannot read it: {e.strerror or e}") from None
+    data = None
+    try:
+        if len(raw) > MAX_CONFIG_BYTES:
+            raise ValueError(f"larger than {MAX_CONFIG_BYTES // 1024} KiB: a config is a small JSON file")
+        try:
+            text = raw.decode("utf-8-sig")
+        except UnicodeDecodeError as e:
+            raise ValueError(f"not UTF-8 text ({e.reason} at byte {e.start})") from None
+        data = parse_json(text)
+        config = Seq2SeqConfig.from_dict(data)
+    except ValueError as e:
+        hint = (" (this looks like a PerceiverConfig: draw it with --model encoder or mlm)"
+                if isinstance(data, dict) and "num_latents" in data else "") if "'encoder'" in str(e) else ""
+        raise CliError(f"--config {name}: {_one_line(e)}{hint}") from None
+    click.echo(f"config: {path} (file)", err=True)
+    return config
 
 
 def _write(output: str, data: "bytes | Callable[[str], None]", suffix: str = ".tmp") -> None:

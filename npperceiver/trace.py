@@ -116,8 +116,9 @@ def _seq2seq_title(step: Step, config: Seq2SeqConfig, rolled: bool, masks: bool)
         "masks": "the masks: source_mask, the encoder's attention_mask" + (", and the decoder's causal mask"
                                                                            if auto else ""),
         "cross": "encoder.cross_attention: latents attend to the source bytes" + (" (inputs_mask)" if masks else ""),
-        "target": ("decoder.embeddings: the target, shifted right (teacher forcing), with its positions" if auto else
+        "target": ("the target: tokens, [EOS], then [PAD]" if auto else
                    "the target: read by the loss only (the queries decoder never sees it)"),
+        "decoder_inputs": "decoder.embeddings: the target, shifted right (teacher forcing), with its positions",
         "queries": "decoder.output_position_encodings: the output queries, the same for every example",
         "decoding": f"decoder.decoding_cross_attention: the output queries attend to the latents ({heads}, no mask)",
         "head": "decoder.layernorm, decoder.lm_head: a score for each target token",
@@ -424,6 +425,8 @@ def seq2seq_steps(config: Seq2SeqConfig, batch: Dim = "B", seq_len: Dim = "M") -
                         note="the encoder's attention_mask, as in PerceiverModel")
         elif s.id == "output/last_hidden_state":
             s = replace(s, name="latents z", op="the source, read once into N latents")
+        elif s.id == "cross/inputs_mask":
+            s = replace(s, note="source_mask, inverted: padding bytes get zero attention")
         add(s)
         if s.id == "masks/inputs_mask" and auto:  # the decoder's mask, beside the encoder's
             add(Step("masks/causal_mask", "causal_mask", "causal_mask", "0 on and below the diagonal, float32 min "
@@ -439,18 +442,19 @@ def seq2seq_steps(config: Seq2SeqConfig, batch: Dim = "B", seq_len: Dim = "M") -
                    "position; the loss leaves it out" if auto else
                    "the queries decoder never reads the target; the loss leaves the padding out")))
     if auto:
-        add(Step("target/decoder_input_ids", "shift_right", "shift right", "[BOS], then the target but its last token",
-                 (B, T), ("B", "T"), "op", inputs=("target/target_ids",),
+        add(Step("decoder_inputs/decoder_input_ids", "shift_right", "shift right",
+                 "[BOS], then the target but its last token", (B, T), ("B", "T"), "op", inputs=("target/target_ids",),
                  note="teacher forcing: position t reads [BOS] y_1 .. y_t and predicts y_t+1"))
-        add(Step("target/embeddings", "decoder.embeddings.weight", "embeddings", f"target embedding, {V} x {E}",
-                 (V, E), ("V", "E"), "parameter"))
-        add(Step("target/token_embeddings", "decoder.embeddings", "look up", "one row per target token", (B, T, E),
-                 ("B", "T", "E"), "op", inputs=("target/decoder_input_ids", "target/embeddings")))
-        add(Step("target/position_embeddings", "decoder.position_embeddings.weight", "position_embeddings",
+        add(Step("decoder_inputs/embeddings", "decoder.embeddings.weight", "embeddings",
+                 f"target embedding, {V} x {E}", (V, E), ("V", "E"), "parameter"))
+        add(Step("decoder_inputs/token_embeddings", "decoder.embeddings", "look up", "one row per target token",
+                 (B, T, E), ("B", "T", "E"), "op",
+                 inputs=("decoder_inputs/decoder_input_ids", "decoder_inputs/embeddings")))
+        add(Step("decoder_inputs/position_embeddings", "decoder.position_embeddings.weight", "position_embeddings",
                  f"learned positions, {T} x {E}", (T, E), ("T", "E"), "parameter"))
-        add(Step("target/inputs", "decoder.embeddings + position_embeddings", "+ position_embeddings[:T]",
+        add(Step("decoder_inputs/inputs", "decoder.embeddings + position_embeddings", "+ position_embeddings[:T]",
                  "position t added to token t", (B, T, E), ("B", "T", "E"), "op",
-                 inputs=("target/token_embeddings", "target/position_embeddings")))
+                 inputs=("decoder_inputs/token_embeddings", "decoder_inputs/position_embeddings")))
     else:
         add(Step("queries/output_position_encodings", "decoder.output_position_encodings.position_embeddings",
                  "output_position_encodings", f"learned output queries, {T} x {E}", (T, E), ("T", "E"), "parameter"))
@@ -461,10 +465,10 @@ def seq2seq_steps(config: Seq2SeqConfig, batch: Dim = "B", seq_len: Dim = "M") -
     # ------------------------------------------------------------------ the decoder
     latents = "output/last_hidden_state"
     target = (T, "T", "E", "target positions")
-    kv_note = f"{SOURCE_ENTERS}: the latents z, N = {N} whatever the source length"
+    kv_note = f"the latents z: N = {N} whatever the source length (in T5, the encoder's output)"
     no_mask = "no mask: every latent is real"
     if auto:
-        last = "target/inputs"
+        last = "decoder_inputs/inputs"
         for j in range(config.num_decoder_layers):
             last = _layer_steps(add, config.decoder_self_attention, enc, f"decoder{j}/self",
                                 f"decoder.layers.{j}.self_attention", hidden=last, inputs=None, B=B, rows=target,
@@ -666,7 +670,7 @@ def _seq2seq_summary(groups: list[list[Step]], config: Seq2SeqConfig) -> list[La
         masks = tuple(sorted(s.mask for s in group if s.mask))
         if scope in ("masks", "inputs"):
             rows += [LayerSummary(s.module, s.op, s.shape) for s in group if s.kind not in ("parameter", "mask")]
-        elif scope in ("source", "target"):  # the ids (and the shifted ids), then their embedding
+        elif scope in ("source", "target", "decoder_inputs"):  # the ids (and the shifted ids), then their embedding
             rows += [LayerSummary(s.module, s.op, s.shape) for s in group if s.kind == "input" or s.module == "shift_right"]
             if last.id.endswith("/inputs"):
                 what = "byte" if scope == "source" else "target"

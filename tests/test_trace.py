@@ -54,13 +54,13 @@ def execute(steps: list[Step], cfg, state: dict, given_values: dict, batch: int,
             out = state[s.module]
         elif s.id in ("inputs/embeddings", "decoder_query/queries", "queries/queries"):
             out = np.broadcast_to(x[0], (batch, *x[0].shape))
-        elif s.id in ("text/token_embeddings", "source/token_embeddings", "target/token_embeddings"):
+        elif s.id in ("text/token_embeddings", "source/token_embeddings", "decoder_inputs/token_embeddings"):
             out = x[1][x[0]]  # rows of the embedding matrix
-        elif s.id in ("text/inputs", "source/inputs", "target/inputs"):
+        elif s.id in ("text/inputs", "source/inputs", "decoder_inputs/inputs"):
             out = x[0] + x[1][: x[0].shape[1]]  # position m for token m
         elif s.id == "target/padding":
             out = x[0] == PAD_ID
-        elif s.id == "target/decoder_input_ids":  # [BOS], then all but the last target token
+        elif s.id == "decoder_inputs/decoder_input_ids":  # [BOS], then all but the last target token
             out = np.concatenate([np.full((x[0].shape[0], 1), BOS_ID), x[0][:, :-1]], axis=1)
         elif s.id == "loss/labels":
             out = np.where(v[s.mask_source], -100, x[0])
@@ -398,7 +398,7 @@ def test_seq2seq_trace_structure():
     assert auto["masks/causal_mask"].shape == (1, 1, 6, 6)
     assert auto["decoder0/self/scores"].axes == ("B", "Hd", "T", "T")
     assert auto["decoder1/self/layernorm1"].inputs == ("decoder0/cross/residual",)
-    assert auto["target/decoder_input_ids"].inputs == ("target/target_ids",)
+    assert auto["decoder_inputs/decoder_input_ids"].inputs == ("target/target_ids",)
     assert "decoder0/self/layernorm" not in auto  # the self-attention is a PerceiverAttention: no MLP
     assert auto["decoder0/self/output"].module == "decoder.layers.0.self_attention.output.dense"
     # The queries decoder reads no target token: target_ids feed the loss only.
