@@ -424,7 +424,9 @@ def seq2seq_steps(config: Seq2SeqConfig, batch: Dim = "B", seq_len: Dim = "M") -
             s = replace(s, module="source_mask", name="source_mask", op="1 keeps a source byte, 0 is padding",
                         note="the encoder's attention_mask, as in PerceiverModel")
         elif s.id == "output/last_hidden_state":
-            s = replace(s, name="latents z", op="the source, read once into N latents")
+            s = replace(s, name="latents z", op="the source, read once into N latents",
+                        note=f"N = {N} whatever the source length: what every decoder cross-attention reads, "
+                             "where T5's decoder reads its encoder's output")
         elif s.id == "cross/inputs_mask":
             s = replace(s, note="source_mask, inverted: padding bytes get zero attention")
         add(s)
@@ -436,7 +438,7 @@ def seq2seq_steps(config: Seq2SeqConfig, batch: Dim = "B", seq_len: Dim = "M") -
     # ------------------------------------------------------------------ the target
     add(Step("target/target_ids", "target_ids", "target_ids", "target tokens, [EOS], then [PAD] to T",
              (B, T), ("B", "T"), "input"))
-    add(Step("target/padding", "target_ids == [PAD]", "target padding", "True on the [PAD] after [EOS]", (B, T),
+    add(Step("target/padding", "seq2seq_loss", "target padding", "True on the [PAD] after [EOS]", (B, T),
              ("B", "T"), "mask", inputs=("target/target_ids",),
              note=("no mask of its own in the decoder: after [EOS], the causal mask hides it from every real "
                    "position; the loss leaves it out" if auto else
@@ -452,7 +454,7 @@ def seq2seq_steps(config: Seq2SeqConfig, batch: Dim = "B", seq_len: Dim = "M") -
                  inputs=("decoder_inputs/decoder_input_ids", "decoder_inputs/embeddings")))
         add(Step("decoder_inputs/position_embeddings", "decoder.position_embeddings.weight", "position_embeddings",
                  f"learned positions, {T} x {E}", (T, E), ("T", "E"), "parameter"))
-        add(Step("decoder_inputs/inputs", "decoder.embeddings + position_embeddings", "+ position_embeddings[:T]",
+        add(Step("decoder_inputs/inputs", "decoder.position_embeddings", "+ position_embeddings[:T]",
                  "position t added to token t", (B, T, E), ("B", "T", "E"), "op",
                  inputs=("decoder_inputs/token_embeddings", "decoder_inputs/position_embeddings")))
     else:
@@ -464,8 +466,7 @@ def seq2seq_steps(config: Seq2SeqConfig, batch: Dim = "B", seq_len: Dim = "M") -
 
     # ------------------------------------------------------------------ the decoder
     latents = "output/last_hidden_state"
-    target = (T, "T", "E", "target positions")
-    kv_note = f"the latents z: N = {N} whatever the source length (in T5, the encoder's output)"
+    target = (T, "T", "E", "targets" if auto else "queries")  # the query side: T positions of width E
     no_mask = "no mask: every latent is real"
     if auto:
         last = "decoder_inputs/inputs"
@@ -477,12 +478,12 @@ def seq2seq_steps(config: Seq2SeqConfig, batch: Dim = "B", seq_len: Dim = "M") -
             last = _layer_steps(add, config.decoder_cross_attention, enc, f"decoder{j}/cross",
                                 f"decoder.layers.{j}.cross_attention", hidden=last, inputs=latents, B=B, rows=target,
                                 kv_rows=(N, "N", "D", "latents"), mask=None, block=None, layer=None,
-                                head_mask=False, heads="Hd", kv_note=kv_note, softmax_note=no_mask)
+                                head_mask=False, heads="Hd", softmax_note=no_mask)
     else:
         last = _layer_steps(add, config.decoder_cross_attention, enc, "decoding", "decoder.decoding_cross_attention",
                             hidden="queries/queries", inputs=latents, B=B, rows=target,
                             kv_rows=(N, "N", "D", "latents"), mask=None, block=None, layer=None, head_mask=False,
-                            heads="Hd", kv_note=kv_note, softmax_note=no_mask)
+                            heads="Hd", softmax_note=no_mask)
     add(Step("head/layernorm", "decoder.layernorm", "layernorm", f"LayerNorm({E})", (B, T, E), ("B", "T", "E"), "op",
              inputs=(last,)))
     add(Step("head/lm_head", "decoder.lm_head", "lm_head", f"Linear {E} -> {V}", (B, T, V), ("B", "T", "V"), "op",
@@ -510,7 +511,7 @@ def _under_perceiver(s: Step, inputs: str) -> Step:
 def _layer_steps(add, dims: AttentionDims, config: PerceiverConfig, scope: str, module: str, *, hidden: str,
                  inputs: Optional[str], B: Dim, rows: tuple, kv_rows: Optional[tuple], mask: Optional[str],
                  block: Optional[int], layer: Optional[int], head_mask: bool = True, heads: Optional[str] = None,
-                 mlp: bool = True, kv_note: str = "", softmax_note: str = "") -> str:
+                 mlp: bool = True, softmax_note: str = "") -> str:
     """Append the steps of one HF ``PerceiverLayer``; return the id of its output step.
 
     ``rows`` = (size, letter, width letter, what) of the query side: the latents (N, "N", "D", "latents") in
@@ -520,8 +521,8 @@ def _layer_steps(add, dims: AttentionDims, config: PerceiverConfig, scope: str, 
     mask). ``head_mask=False``: no ``x head_mask`` step in a self-attention (a model that takes none).
     ``heads``: the letter of its number of heads (default: Hc in "cross", Hd in "decoder", else Hs).
     ``mlp=False``: an HF ``PerceiverAttention`` alone (attention, output projection, query residual) at
-    ``module``, as the translation decoder's self-attention; else a ``PerceiverLayer``. ``kv_note`` and
-    ``softmax_note`` are notes for the key/value side's layernorm and for the softmax.
+    ``module``, as the translation decoder's self-attention; else a ``PerceiverLayer``. ``softmax_note``: a
+    note for the softmax.
     """
     cross = dims.is_cross
     H = dims.num_heads
@@ -543,7 +544,7 @@ def _layer_steps(add, dims: AttentionDims, config: PerceiverConfig, scope: str, 
                ("B", q, qw), (hidden,))
     if cross:
         kv_src = step("layernorm2", f"{a}.layernorm2", "layernorm2", f"LayerNorm({kv}), {kv_what}", (B, K, kv),
-                      ("B", k, kw), (inputs,), note=kv_note)
+                      ("B", k, kw), (inputs,))
     else:
         kv_src = ln1  # layernorm2 is nn.Identity in self-attention: keys and values read layernorm1's output
     step("query", f"{a}.query", "query", f"Linear {D} -> {qk}", (B, Q, qk), ("B", q, "qk"), (ln1,))
@@ -673,8 +674,8 @@ def _seq2seq_summary(groups: list[list[Step]], config: Seq2SeqConfig) -> list[La
         elif scope in ("source", "target", "decoder_inputs"):  # the ids (and the shifted ids), then their embedding
             rows += [LayerSummary(s.module, s.op, s.shape) for s in group if s.kind == "input" or s.module == "shift_right"]
             if last.id.endswith("/inputs"):
-                what = "byte" if scope == "source" else "target"
-                rows.append(LayerSummary(last.module, f"{what} embedding + position embedding", last.shape))
+                what, module = ("byte", last.module) if scope == "source" else ("target", "decoder.embeddings")
+                rows.append(LayerSummary(module, f"{what} embedding + position embedding", last.shape))
         elif scope == "cross":
             rows.append(LayerSummary(last.module, f"latents attend to the source bytes, {_widths(enc.cross_attention)}",
                                      last.shape, masks))

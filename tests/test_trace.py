@@ -16,6 +16,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 from strategies import configs, random_model
+from test_seq2seq import random_seq2seq, seq2seq_configs
 
 import npperceiver as npp
 from npperceiver.attention import merge_heads, split_heads
@@ -367,6 +368,26 @@ def test_seq2seq_trace_is_the_translation_forward_pass(name):
     np.testing.assert_allclose(values["output/last_hidden_state"], out.latents, rtol=1e-5, atol=1e-5)
     np.testing.assert_allclose(values["output/logits"], out.logits, rtol=1e-4, atol=1e-5)
     np.testing.assert_allclose(values["loss/loss"], out.loss, rtol=1e-5)
+
+
+@given(data=st.data())
+def test_seq2seq_trace_is_the_forward_pass_for_any_config(data):
+    """The same, for configs drawn by hypothesis (either decoder, any encoder) and random padding."""
+    cfg = data.draw(seq2seq_configs())
+    B, M, T = data.draw(st.integers(1, 2)), data.draw(st.integers(1, 7)), cfg.max_target_length
+    model = random_seq2seq(cfg, data.draw(st.integers(0, 100)))
+    rng = np.random.default_rng(data.draw(st.integers(0, 100)))
+    source = rng.integers(0, cfg.encoder.vocab_size, (B, M))
+    keep = (rng.random((B, M)) < 0.7).astype(np.float32)
+    keep[:, 0] = 1
+    target = rng.integers(0, cfg.target_vocab_size, (B, T))
+    given_values = {"source/source_ids": source, "masks/attention_mask": keep, "target/target_ids": target,
+                    "masks/causal_mask": causal_mask(T)}
+    values = execute(seq2seq_steps(cfg, batch=B, seq_len=M), cfg.encoder, model.state_dict(), given_values, batch=B,
+                     decoder_heads=cfg.num_decoder_heads)
+    out = model(source, keep, target)
+    np.testing.assert_allclose(values["output/logits"], out.logits, rtol=1e-4, atol=1e-4)
+    np.testing.assert_allclose(values["loss/loss"], out.loss, rtol=1e-4, atol=1e-5, equal_nan=True)
 
 
 def test_seq2seq_trace_structure():

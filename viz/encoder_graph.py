@@ -239,7 +239,7 @@ class _Builder:
         kind = {"input": "tensor", "output": "tensor", "parameter": "parameter", "mask": "mask"}.get(
             steps[0].kind, "operation")
         source = next((s.mask_source for s in steps if s.mask_source), None)
-        family = MASK_FAMILY.get(steps[0].id, MASK_FAMILY.get(source))
+        family = MASK_FAMILY.get(steps[0].id, MASK_FAMILY.get(source)) if self.masks else None
         notes = tuple(pretty(s.note) for s in steps if s.note and (self.masks or "mask" not in s.note))
         self.g.add_node(Node(node_id, kind, pretty(steps[0].name if label is None else label),
                              tuple(pretty(s.op) for s in steps) if lines is None else lines,
