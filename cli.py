@@ -74,7 +74,8 @@ def _model_options(command):
                      help="With --model seq2seq: the translation model made for this task "
                           "(Seq2SeqConfig.for_task, the recipe of docs/translation.md)."),
         click.option("--decoder", type=click.Choice(DECODERS),
-                     help="With --task: autoregressive (T5-like) or queries (Perceiver IO).  [default: autoregressive]"),
+                     help="With --task: autoregressive (T5-like) or queries (Perceiver IO).  "
+                          "[default: autoregressive]"),
     ]
     for option in reversed(options):
         command = option(command)
@@ -128,7 +129,8 @@ def draw_encoder(config_name: Optional[str], model: str, task: Optional[str], de
             "or use --format dot, which needs no Graphviz")
     if model == "mlm":
         _check_mlm(config, name)
-    options = dict(unroll=unroll, batch=batch or "B", seq_len=seq_len or "M", masks=not hide_masks, name=name)
+    title = task if model == "seq2seq" and task else name  # the title names the decoder already
+    options = dict(unroll=unroll, batch=batch or "B", seq_len=seq_len or "M", masks=not hide_masks, name=title)
     try:
         if model == "seq2seq":
             graph = build_seq2seq_graph(config, detail=detail or "layer", **options)
@@ -970,7 +972,8 @@ def _model_config(model: str, config_name: Optional[str], task: Optional[str], d
         if task is not None or decoder is not None:
             raise click.UsageError("--task and --decoder describe a translation model: add --model seq2seq")
         if config_name is None:
-            raise click.UsageError(f"Missing option '--config' (the config of --model {model}: a JSON file or a preset)")
+            raise click.UsageError(f"Missing option '--config' (the config of --model {model}: a JSON file or a "
+                                   "preset)")
         return _load_config(config_name)
     if config_name is not None and task is not None:
         raise click.UsageError("pass --task or --config, not both: --task makes the recipe model of a task, --config "

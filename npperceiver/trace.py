@@ -672,7 +672,8 @@ def _seq2seq_summary(groups: list[list[Step]], config: Seq2SeqConfig) -> list[La
         if scope in ("masks", "inputs"):
             rows += [LayerSummary(s.module, s.op, s.shape) for s in group if s.kind not in ("parameter", "mask")]
         elif scope in ("source", "target", "decoder_inputs"):  # the ids (and the shifted ids), then their embedding
-            rows += [LayerSummary(s.module, s.op, s.shape) for s in group if s.kind == "input" or s.module == "shift_right"]
+            rows += [LayerSummary(s.module, s.op, s.shape) for s in group
+                     if s.kind == "input" or s.module == "shift_right"]
             if last.id.endswith("/inputs"):
                 what, module = ("byte", last.module) if scope == "source" else ("target", "decoder.embeddings")
                 rows.append(LayerSummary(module, f"{what} embedding + position embedding", last.shape))

@@ -60,8 +60,9 @@ def test_task_and_decoder_choose_the_model(run):
 
 def test_a_config_file_draws_its_model(run, tmp_path):
     from_file = _dot(run, "--config", str(RECIPE))
-    assert from_file.replace(RECIPE.name, "N") == _dot(run, "--task", "digits-to-words").replace(
-        "digits-to-words-autoregressive", "N")  # the same model; only its name differs
+    from_task = _dot(run, "--task", "digits-to-words")
+    assert "(T5-like) · digits-to-words<" in from_task  # the title names the task (and the decoder once)
+    assert from_file.replace(RECIPE.name, "N") == from_task.replace("· digits-to-words<", "· N<")  # same model
     bigger = Seq2SeqConfig.for_task("digits-to-words").to_dict() | {"num_decoder_layers": 2}
     (tmp_path / "two.json").write_text(json.dumps(bigger))
     two = _dot(run, "--config", "two.json")
@@ -189,3 +190,35 @@ def test_explain_full_lists_every_step_in_order(run, decoder):
 def test_explain_reads_a_config_file(run):
     assert _explain(run, "--config", str(RECIPE)).split("\n", 1)[1] == \
         _explain(run, "--task", "digits-to-words").split("\n", 1)[1]  # all but the name in the first line
+
+
+# ---------------------------------------------------------------------------- the docs' pictures
+def test_the_docs_diagrams_are_listed_shown_captioned_and_current(tmp_path):
+    """Each translation diagram in docs/images comes from a draw-encoder line in docs/cli.md, which still runs;
+    docs/translation.md shows it with that command under it; and the committed picture says every word the
+    current drawing has (its boxes' names and shapes, where the source enters), so it is not stale."""
+    from regen_docs import diagrams, run_command
+
+    from npperceiver.viz.encoder_graph import build_seq2seq_graph
+
+    listed = diagrams()
+    assert {p for _, p in listed} == {f"docs/images/{f.name}" for f in (ROOT / "docs/images").glob("seq2seq-*")}
+    assert len(listed) == 2
+    page = (ROOT / "docs" / "translation.md").read_text(encoding="utf-8")
+    for command, picture in listed:
+        name = Path(picture).name
+        at = page.index(f"(images/{name})") + len(f"(images/{name})")
+        caption = re.match(r"\s*\*`([^`]*)`\*", page[at:])
+        assert caption and caption[1] == command.replace(f" -o {picture}", "")
+        args = command.split()
+        config = Seq2SeqConfig.for_task(args[args.index("--task") + 1],
+                                        args[args.index("--decoder") + 1] if "--decoder" in args else "autoregressive")
+        graph = build_seq2seq_graph(config)
+        svg = (ROOT / picture).read_text(encoding="utf-8").replace("&#160;", " ").replace("&#45;", "-")
+        for n in graph.boxes():
+            assert n.label.split(" · ")[0] in svg and n.shape in svg, (name, n.id)
+        assert SOURCE_ENTERS in svg and graph.title.split(" · ")[0] in svg
+        if shutil.which("dot"):
+            out = tmp_path / name
+            run_command(command, out)
+            assert out.read_bytes().startswith(b"<?xml")

@@ -280,3 +280,13 @@ def test_the_translation_picture_shows_where_the_source_enters(case):
     assert all(latents[1] <= y <= nodes[t][1] + 5 for y, t in zip(sorted(enters), crosses))
     words = " ".join(t for t, _, _ in texts)
     assert "perceiver: the Perceiver encoder" in words and graph.clusters["cluster_decoder"].label in words
+
+
+def test_encoder_diagram_draws_the_translation_model():
+    config = Seq2SeqConfig.for_task("words-to-digits", "queries")
+    diagram = encoder_diagram(config, model="seq2seq", detail="op")
+    assert diagram.source == to_dot(build_seq2seq_graph(config, detail="op"))
+    assert encoder_diagram(config, model="seq2seq").source == to_dot(build_seq2seq_graph(config))  # layer detail
+    for model, cfg in (("seq2seq", SMALL), ("encoder", config), ("mlm", config)):
+        with pytest.raises(ValueError, match="Seq2SeqConfig"):
+            encoder_diagram(cfg, model=model)

@@ -85,7 +85,8 @@ LEGEND = (
     ("edge", "mask", "causal_mask", "causal mask → each decoder self-attention"),
     ("edge", "mask", "target_padding", "target padding → the loss (label -100)"),
 )
-_GLYPHS = {"data": "──▶", "marked": "━━▶", "loop": "━━▶", "mask": "╌╌▶", "dropped": "┈┈┤", "compact": "╍╍▶"}
+_GLYPHS = {"data": "──▶", "marked": "━━▶", "loop": "━━▶", "mask": "╌╌▶", "dropped": "┈┈┤",
+           "compact": "╍╍▶"}
 
 
 # ---------------------------------------------------------------------------- DOT
@@ -357,14 +358,17 @@ def _title(graph: Graph, legend: bool) -> str:
 
 
 def legend_rows(graph: Graph) -> list[tuple]:
-    """The legend's entries for the styles ``graph`` draws, and only those."""
+    """The legend's entries for the styles ``graph`` draws, and only those; the padding mask named as the
+    model names it (the translation model's ``source_mask``)."""
     used = {("node", n.kind, None) for n in graph.nodes.values()}
     used |= {("node", "operation", "inputs_mask") for n in graph.boxes() if n.kind == "operation" and n.mask}
     for e in (e for e in graph.edges if drawn(graph, e)):
         style = _edge_style(e)
         used |= {("edge", style, e.mask if style == "mask" else None), ("edge", "mask", e.mask)}
     used |= {("cluster", c.role, None) for c in graph.clusters.values()}
-    return [row for row in LEGEND if row[:3] in used]
+    given = graph.nodes["masks/attention_mask"].label if "masks/attention_mask" in graph.nodes else "attention_mask"
+    rename = ("attention_mask → inputs_mask", f"{given} → inputs_mask")  # the padding mask, as the model names it
+    return [(*row[:3], row[3].replace(*rename)) for row in LEGEND if row[:3] in used]
 
 
 def legend_table(graph: Graph) -> str:
