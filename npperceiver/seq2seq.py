@@ -227,53 +227,69 @@ def seq2seq_loss(logits: np.ndarray, target_ids: np.ndarray) -> np.float32:
 
 def autoregressive_decoder(
     params: Params, config: Seq2SeqConfig, decoder_input_ids: np.ndarray, latents: np.ndarray,
-) -> np.ndarray:
+    output_attentions: bool = False,
+) -> Any:
     """The T5-like decoder: (B, T') decoder input ids and latents (B, N, D) -> logits (B, T', V), T' <= T.
 
     ``params``: the ``decoder`` sub-tree. Logits at position t depend on ``decoder_input_ids[:, :t+1]`` and
-    the latents only (the causal mask).
+    the latents only (the causal mask). ``output_attentions=True``: ``(logits, self_attentions,
+    cross_attentions)``, one (B, Hd, T', T') and one (B, Hd, T', N) probability array per layer.
     """
     H, T = config.num_decoder_heads, decoder_input_ids.shape[1]
     x = params["embeddings"]["weight"][decoder_input_ids]  # (V, E)[(B, T)] -> (B, T, E)
     x = x + params["position_embeddings"]["weight"][:T]  # (B, T, E) + (T, E)
     bias = causal_mask(T)  # (1, 1, T, T)
+    attentions: tuple = ((), ())  # output_attentions: (self, cross) probabilities, layer by layer
     for layer in params["layers"]:
-        x, _ = perceiver_attention(
+        x, self_probs = perceiver_attention(
             layer["self_attention"], x, H, use_query_residual=True, attention_mask=bias,
         )  # x + SelfAttention(LN(x)): (B, T, E)
-        x, _ = perceiver_layer(
+        x, cross_probs = perceiver_layer(
             layer["cross_attention"], x, H, use_query_residual=True, hidden_act=config.encoder.hidden_act,
             inputs=latents,
         )  # x + CrossAttention(LN(x), LN(z)), then + MLP(LN(.)): (B, T, E)
+        attentions = (attentions[0] + (self_probs,), attentions[1] + (cross_probs,))
     x = layer_norm(x, **params["layernorm"])  # (B, T, E)
-    return linear(x, **params["lm_head"])  # (B, T, E) -> (B, T, V)
+    logits = linear(x, **params["lm_head"])  # (B, T, E) -> (B, T, V)
+    return (logits, *attentions) if output_attentions else logits
 
 
-def queries_decoder(params: Params, config: Seq2SeqConfig, latents: np.ndarray) -> np.ndarray:
+def queries_decoder(params: Params, config: Seq2SeqConfig, latents: np.ndarray,
+                    output_attentions: bool = False) -> Any:
     """The Perceiver IO decoder: T learned queries read the latents (B, N, D) once -> logits (B, T, V).
 
     ``params``: the ``decoder`` sub-tree. Like HF ``PerceiverBasicDecoder`` with trainable position
     encodings as queries, then a layernorm and a linear head over the target vocabulary.
+    ``output_attentions=True``: ``(logits, (), (cross_probs,))``, the cross-attention's (B, Hd, T, N).
     """
     query = trainable_position_encoding(params["output_position_encodings"]["position_embeddings"],
                                         latents.shape[0])  # (T, E) -> (B, T, E)
-    x, _ = perceiver_layer(
+    x, cross_probs = perceiver_layer(
         params["decoding_cross_attention"], query, config.num_decoder_heads,
         use_query_residual=config.decoder_cross_attention.use_query_residual,
         hidden_act=config.encoder.hidden_act, inputs=latents,
     )  # CrossAttention(LN(q), LN(z)) [+ q], then + MLP(LN(.)): (B, T, E)
     x = layer_norm(x, **params["layernorm"])  # (B, T, E)
-    return linear(x, **params["lm_head"])  # (B, T, E) -> (B, T, V)
+    logits = linear(x, **params["lm_head"])  # (B, T, E) -> (B, T, V)
+    return (logits, (), (cross_probs,)) if output_attentions else logits
 
 
 # ---------------------------------------------------------------------- the model
 @dataclass
 class Seq2SeqOutput:
-    """``logits`` (B, T', V); ``latents`` (B, N, D), the encoder's output; ``loss`` when targets are given."""
+    """``logits`` (B, T', V); ``latents`` (B, N, D), the encoder's output; ``loss`` when targets are given.
+
+    With ``output_attentions=True``, the probabilities of every attention, as HF names them: ``attentions``
+    the encoder's self-attentions (B, Hs, N, N); ``cross_attentions`` the encoder's cross-attention
+    (B, Hc, N, M), then each decoder cross-attention (B, Hd, T', N); ``decoder_attentions`` each causal
+    self-attention of the autoregressive decoder (B, Hd, T', T') (none for the queries decoder)."""
 
     logits: np.ndarray
     latents: np.ndarray
     loss: Optional[np.float32] = None
+    attentions: Optional[tuple] = None
+    cross_attentions: Optional[tuple] = None
+    decoder_attentions: Optional[tuple] = None
 
 
 class PerceiverSeq2Seq:
@@ -309,36 +325,43 @@ class PerceiverSeq2Seq:
         flat = dict(flatten(self.params))
         return {k: flat[k] for k in seq2seq_param_shapes(self.config)}
 
-    def encode(self, source_ids: Any, source_mask: Optional[Any] = None) -> np.ndarray:
-        """Source byte ids (B, M) and keep-mask (B, M) -> latents (B, N, D)."""
+    def encode(self, source_ids: Any, source_mask: Optional[Any] = None, output_attentions: bool = False) -> Any:
+        """Source byte ids (B, M) and keep-mask (B, M) -> latents (B, N, D); with ``output_attentions=True``,
+        the encoder's :class:`PerceiverModel` output (``last_hidden_state``, ``attentions``,
+        ``cross_attentions``)."""
         enc = self.config.encoder
         source_ids = _check_ids(source_ids, "source_ids", enc.vocab_size, enc.max_position_embeddings)
         inputs, _ = text_preprocessor(self.params["perceiver"]["input_preprocessor"], source_ids)  # (B, M, C)
-        return self.encoder(inputs, attention_mask=source_mask).last_hidden_state  # (B, N, D)
+        out = self.encoder(inputs, attention_mask=source_mask, output_attentions=output_attentions)
+        return out if output_attentions else out.last_hidden_state  # (B, N, D)
 
-    def decode(self, latents: np.ndarray, decoder_input_ids: Optional[Any] = None) -> np.ndarray:
+    def decode(self, latents: np.ndarray, decoder_input_ids: Optional[Any] = None,
+               output_attentions: bool = False) -> Any:
         """Latents (B, N, D) -> logits: (B, T', V) for the autoregressive decoder's (B, T') input ids,
-        (B, T, V) for the queries decoder (which takes no ids)."""
+        (B, T, V) for the queries decoder (which takes no ids). ``output_attentions=True``: ``(logits,
+        self_attentions, cross_attentions)`` (see :func:`autoregressive_decoder`)."""
         cfg = self.config
         if cfg.decoder == "queries":
             if decoder_input_ids is not None:
                 raise ValueError("the queries decoder reads no target tokens: pass decoder_input_ids=None")
-            return queries_decoder(self.params["decoder"], cfg, latents)
+            return queries_decoder(self.params["decoder"], cfg, latents, output_attentions)
         if decoder_input_ids is None:
             raise ValueError("the autoregressive decoder needs decoder_input_ids (B, T'), e.g. "
                              "shift_right(target_ids)")
         ids = _check_ids(decoder_input_ids, "decoder_input_ids", cfg.target_vocab_size, cfg.max_target_length)
         if ids.shape[0] != latents.shape[0]:
             raise ValueError(f"decoder_input_ids has {ids.shape[0]} rows but the batch has {latents.shape[0]}")
-        return autoregressive_decoder(self.params["decoder"], cfg, ids, latents)
+        return autoregressive_decoder(self.params["decoder"], cfg, ids, latents, output_attentions)
 
     def __call__(self, source_ids: Any, source_mask: Optional[Any] = None,
-                 target_ids: Optional[Any] = None) -> Seq2SeqOutput:
+                 target_ids: Optional[Any] = None, output_attentions: bool = False) -> Seq2SeqOutput:
         """Teacher-forced forward pass: logits (B, T, V) for every target position, and the loss when
         ``target_ids`` (B, T) -- ``[EOS]`` then ``[PAD]`` -- are given. The autoregressive decoder needs them
-        (its input is ``shift_right(target_ids)``); the queries decoder predicts without them."""
+        (its input is ``shift_right(target_ids)``); the queries decoder predicts without them.
+        ``output_attentions=True`` returns every attention's probabilities too (see :class:`Seq2SeqOutput`)."""
         cfg = self.config
-        latents = self.encode(source_ids, source_mask)  # (B, N, D)
+        encoded = self.encode(source_ids, source_mask, output_attentions)
+        latents = encoded.last_hidden_state if output_attentions else encoded  # (B, N, D)
         if target_ids is not None:
             target_ids = _check_ids(target_ids, "target_ids", cfg.target_vocab_size, cfg.max_target_length)
             if target_ids.shape != (latents.shape[0], cfg.max_target_length):
@@ -348,11 +371,16 @@ class PerceiverSeq2Seq:
             if target_ids is None:
                 raise ValueError("the autoregressive decoder is teacher-forced here: pass target_ids "
                                  "(or use generate())")
-            logits = self.decode(latents, shift_right(target_ids))  # (B, T, V)
+            decoded = self.decode(latents, shift_right(target_ids), output_attentions)  # (B, T, V)
         else:
-            logits = self.decode(latents)  # (B, T, V)
+            decoded = self.decode(latents, output_attentions=output_attentions)  # (B, T, V)
+        logits = decoded[0] if output_attentions else decoded
         loss = seq2seq_loss(logits, target_ids) if target_ids is not None else None
-        return Seq2SeqOutput(logits, latents, loss)
+        if not output_attentions:
+            return Seq2SeqOutput(logits, latents, loss)
+        return Seq2SeqOutput(logits, latents, loss, attentions=encoded.attentions,
+                             cross_attentions=(*encoded.cross_attentions, *decoded[2]),
+                             decoder_attentions=decoded[1] if cfg.decoder == "autoregressive" else None)
 
     def generate(self, source_ids: Any, source_mask: Optional[Any] = None) -> np.ndarray:
         """Greedy decoding: target ids (B, T), ``[EOS]`` after the last token and ``[PAD]`` after that.
