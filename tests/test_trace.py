@@ -364,10 +364,19 @@ def test_seq2seq_trace_is_the_translation_forward_pass(name):
     values = execute(steps, cfg.encoder, model.state_dict(), given, batch=B, decoder_heads=cfg.num_decoder_heads)
     wrong = {s.id: (s.shape, values[s.id].shape) for s in steps if tuple(values[s.id].shape) != s.shape}
     assert not wrong, wrong
-    out = model(source, keep, target)
+    out = model(source, keep, target, output_attentions=True)
     np.testing.assert_allclose(values["output/last_hidden_state"], out.latents, rtol=1e-5, atol=1e-5)
     np.testing.assert_allclose(values["output/logits"], out.logits, rtol=1e-4, atol=1e-5)
     np.testing.assert_allclose(values["loss/loss"], out.loss, rtol=1e-5)
+    # The probabilities the model returns are the trace's softmax steps: the encoder's, then the decoder's.
+    softmax = [s.id for s in steps if s.id.endswith("/softmax")]
+    cross = [i for i in softmax if i == "cross/softmax" or i.endswith("/cross/softmax") or i.startswith("decoding/")]
+    causal = [i for i in softmax if i.startswith("decoder") and i.endswith("/self/softmax")]
+    own = [i for i in softmax if i.startswith("block")]
+    for ids, probs in ((cross, out.cross_attentions), (causal, out.decoder_attentions or ()), (own, out.attentions)):
+        assert len(ids) == len(probs)
+        for i, p in zip(ids, probs):
+            np.testing.assert_allclose(values[i], p, rtol=1e-5, atol=1e-6)
 
 
 @given(data=st.data())
