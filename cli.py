@@ -23,13 +23,15 @@ import numpy as np
 
 import npperceiver
 from npperceiver import pretraining
-from npperceiver.config import PerceiverConfig
+from npperceiver.config import MAX_CONFIG_BYTES, PerceiverConfig, parse_json
 from npperceiver.presets import available_presets, load_preset
+from npperceiver.seq2seq import DECODERS, PerceiverSeq2Seq, Seq2SeqConfig, shift_right
+from npperceiver.tasks import TASKS, get_task, words_to_number
 from npperceiver.trace import (
-    encoder_steps, format_shape, layer_summary, mask_label, mask_summary, mlm_steps, scope_title,
+    encoder_steps, format_shape, layer_summary, mask_label, mask_summary, mlm_steps, scope_title, seq2seq_steps,
 )
 from npperceiver.viz import attention as attention_viz
-from npperceiver.viz.encoder_graph import build_encoder_graph, build_mlm_graph
+from npperceiver.viz.encoder_graph import build_encoder_graph, build_mlm_graph, build_seq2seq_graph
 from npperceiver.viz.render import RenderError, dot_available, render, to_dot
 
 
@@ -54,32 +56,55 @@ def main() -> None:
 
 # ---------------------------------------------------------------------------- draw-encoder
 FORMATS = ("svg", "png", "pdf", "dot")
-MODELS = ("encoder", "mlm")
+MODELS = ("encoder", "mlm", "seq2seq")
+
+
+def _model_options(command):
+    """The options naming the model a drawing or a table shows: --config and --model, and for the
+    translation model (--model seq2seq) --task and --decoder (or a Seq2SeqConfig JSON as --config)."""
+    options = [
+        click.option("--config", "config_name", metavar="PATH_OR_PRESET",
+                     help="A JSON config (an HF config.json works), or a bundled preset: small, language-perceiver. "
+                          "With --model seq2seq: a Seq2SeqConfig JSON (e.g. configs/seq2seq-digits-to-words.json), "
+                          "or give --task instead."),
+        click.option("--model", type=click.Choice(MODELS), default="encoder", show_default=True,
+                     help="encoder: PerceiverModel; mlm: PerceiverForMaskedLM (text preprocessor, encoder, decoder); "
+                          "seq2seq: the translation model (encoder, decoder, loss)."),
+        click.option("--task", type=click.Choice(TASKS),
+                     help="With --model seq2seq: the translation model made for this task "
+                          "(Seq2SeqConfig.for_task, the recipe of docs/translation.md)."),
+        click.option("--decoder", type=click.Choice(DECODERS),
+                     help="With --task: autoregressive (T5-like) or queries (Perceiver IO).  "
+                          "[default: autoregressive]"),
+    ]
+    for option in reversed(options):
+        command = option(command)
+    return command
 
 
 @main.command("draw-encoder")
-@click.option("--config", "config_name", required=True, metavar="PATH_OR_PRESET",
-              help="A JSON config (an HF config.json works), or a bundled preset: small, language-perceiver.")
-@click.option("--model", type=click.Choice(MODELS), default="encoder", show_default=True,
-              help="encoder: PerceiverModel; mlm: PerceiverForMaskedLM (text preprocessor, encoder, decoder).")
+@_model_options
 @click.option("--output", "-o", metavar="FILE|-",
               help="Where to write the diagram; '-' for standard output. Default: <config>-<model>.<format>.")
 @click.option("--format", "fmt", type=click.Choice(FORMATS),
               help="Output format. Default: from the output's extension, else svg.")
 @click.option("--detail", type=click.Choice(["layer", "op"]),
               help="op: every operation; layer: one box per PerceiverLayer. "
-                   "Default: op up to 8 drawn layers, layer beyond; layer for --model mlm.")
+                   "Default: op up to 8 drawn layers, layer beyond; layer for --model mlm and seq2seq.")
 @click.option("--unroll", is_flag=True, help="Draw every application of the self-attention block.")
 @click.option("--batch", type=click.IntRange(min=1), help="A number for B in the shapes (default: the letter B).")
 @click.option("--seq-len", type=click.IntRange(min=1), help="A number for M in the shapes (default: the letter M).")
 @click.option("--hide-masks", is_flag=True, help="Leave the masks out of the drawing.")
-def draw_encoder(config_name: str, model: str, output: Optional[str], fmt: Optional[str], detail: Optional[str],
-                 unroll: bool, batch: Optional[int], seq_len: Optional[int], hide_masks: bool) -> None:
+def draw_encoder(config_name: Optional[str], model: str, task: Optional[str], decoder: Optional[str],
+                 output: Optional[str], fmt: Optional[str], detail: Optional[str], unroll: bool, batch: Optional[int],
+                 seq_len: Optional[int], hide_masks: bool) -> None:
     """Draw the encoder of a config: its layers, and how data and each mask flow through them.
 
     Every box shows the shape of what it outputs, as a real forward pass makes it. With --model mlm, the
     masked language model: the text preprocessor, the encoder, the decoder's output queries and their
-    cross-attention to the latents, and the logits, tied to the token embedding.
+    cross-attention to the latents, and the logits, tied to the token embedding. With --model seq2seq, the
+    translation model: the encoder and the decoder framed, the source padding, causal and target padding
+    masks, and the latents' edge into each decoder cross-attention, where the source enters the decoder.
     svg, png and pdf need Graphviz's `dot` program; --format dot needs nothing.
 
     \b
@@ -88,9 +113,10 @@ def draw_encoder(config_name: str, model: str, output: Optional[str], fmt: Optio
       npperceiver draw-encoder --config configs/small.json --detail layer --unroll -o small.png
       npperceiver draw-encoder --config language-perceiver --seq-len 2048 --format dot -o -
       npperceiver draw-encoder --config small.json --model mlm -o small-mlm.svg
+      npperceiver draw-encoder --model seq2seq --task digits-to-words --decoder queries -o queries.svg
     """
 
-    config, name = _load_config(config_name)
+    config, name = _model_config(model, config_name, task, decoder)
     if fmt is None:
         suffix = Path(output).suffix.lower().lstrip(".") if output and output != "-" else ""
         fmt = suffix if suffix in FORMATS else "svg"
@@ -103,9 +129,12 @@ def draw_encoder(config_name: str, model: str, output: Optional[str], fmt: Optio
             "or use --format dot, which needs no Graphviz")
     if model == "mlm":
         _check_mlm(config, name)
-    options = dict(unroll=unroll, batch=batch or "B", seq_len=seq_len or "M", masks=not hide_masks, name=name)
+    title = task if model == "seq2seq" and task else name  # the title names the decoder already
+    options = dict(unroll=unroll, batch=batch or "B", seq_len=seq_len or "M", masks=not hide_masks, name=title)
     try:
-        if model == "mlm":
+        if model == "seq2seq":
+            graph = build_seq2seq_graph(config, detail=detail or "layer", **options)
+        elif model == "mlm":
             graph = build_mlm_graph(config, detail=detail or "layer", **options)
         else:
             graph = build_encoder_graph(config, detail=detail, **options)
@@ -125,15 +154,13 @@ def draw_encoder(config_name: str, model: str, output: Optional[str], fmt: Optio
 
 # ---------------------------------------------------------------------------- explain
 @main.command("explain")
-@click.option("--config", "config_name", required=True, metavar="PATH_OR_PRESET",
-              help="A JSON config (an HF config.json works), or a bundled preset: small, language-perceiver.")
-@click.option("--model", type=click.Choice(MODELS), default="encoder", show_default=True,
-              help="encoder: PerceiverModel; mlm: PerceiverForMaskedLM (text preprocessor, encoder, decoder).")
+@_model_options
 @click.option("--batch", type=click.IntRange(min=1), help="A number for B in the shapes (default: the letter B).")
 @click.option("--seq-len", type=click.IntRange(min=1), help="A number for M in the shapes (default: the letter M).")
 @click.option("--full", is_flag=True, help="Every operation, one row each, with its HF module (default: one row "
                                            "per layer).")
-def explain(config_name: str, model: str, batch: Optional[int], seq_len: Optional[int], full: bool) -> None:
+def explain(config_name: Optional[str], model: str, task: Optional[str], decoder: Optional[str], batch: Optional[int],
+            seq_len: Optional[int], full: bool) -> None:
     """Print the encoder's forward pass, in order: each layer, what it computes, its output shape, and the
     masks acting there; then what becomes of each mask. --full lists every operation with the HF module it
     mirrors. The text twin of draw-encoder.
@@ -143,21 +170,29 @@ def explain(config_name: str, model: str, batch: Optional[int], seq_len: Optiona
       npperceiver explain --config small.json
       npperceiver explain --config language-perceiver --batch 1 --seq-len 2048
       npperceiver explain --config small.json --model mlm --full | less
+      npperceiver explain --model seq2seq --task words-to-digits --decoder queries
     """
 
-    config, name = _load_config(config_name)
+    config, name = _model_config(model, config_name, task, decoder)
     if model == "mlm":
         _check_mlm(config, name)
+    trace = {"encoder": encoder_steps, "mlm": mlm_steps, "seq2seq": seq2seq_steps}[model]
     try:
-        steps = (mlm_steps if model == "mlm" else encoder_steps)(config, batch=batch or "B", seq_len=seq_len or "M")
+        steps = trace(config, batch=batch or "B", seq_len=seq_len or "M")
     except ValueError as e:
         raise CliError(str(e)) from None
-    sizes = (f"N={config.num_latents} D={config.d_latents} C={config.d_model} "
-             f"Hc={config.num_cross_attention_heads} Hs={config.num_self_attention_heads} "
-             f"S={config.num_self_attends_per_block} num_blocks={config.num_blocks}")
+    enc = config.encoder if model == "seq2seq" else config
+    sizes = (f"N={enc.num_latents} D={enc.d_latents} C={enc.d_model} "
+             f"Hc={enc.num_cross_attention_heads} Hs={enc.num_self_attention_heads} "
+             f"S={enc.num_self_attends_per_block} num_blocks={enc.num_blocks}")
     if model == "mlm":
         sizes += f" V={config.vocab_size} P={config.max_position_embeddings}"
-    what = "Perceiver IO masked language model" if model == "mlm" else "Perceiver encoder"
+    if model == "seq2seq":
+        sizes += (f"; decoder {config.decoder}: T={config.max_target_length} E={config.d_decoder} "
+                  f"Hd={config.num_decoder_heads} V={config.target_vocab_size}"
+                  + (f" layers={config.num_decoder_layers}" if config.decoder == "autoregressive" else ""))
+    what = {"encoder": "Perceiver encoder", "mlm": "Perceiver IO masked language model",
+            "seq2seq": "Perceiver encoder-decoder (translation)"}[model]
     lines = [f"{what} forward pass: {name} ({sizes})"]
     if full:
         rows = [("#", "HF module", "operation", "output shape", "mask")]
@@ -196,8 +231,15 @@ ATTENTION_FORMATS = ("svg", "png", "pdf", "text")
 
 
 @main.command("draw-attention")
-@click.option("--config", "config_name", required=True, metavar="PATH_OR_PRESET",
-              help="A JSON config (an HF config.json works), or a bundled preset: small, language-perceiver.")
+@click.option("--config", "config_name", metavar="PATH_OR_PRESET",
+              help="A JSON config (an HF config.json works), or a bundled preset: small, language-perceiver. "
+                   "With --model seq2seq: a Seq2SeqConfig JSON, or give --task instead.")
+@click.option("--model", type=click.Choice(["seq2seq"]),
+              help="seq2seq: the translation model (PerceiverSeq2Seq) of --task or --config, reading the source "
+                   "--text. Default: PerceiverForMaskedLM with --text, PerceiverModel without.")
+@click.option("--task", type=click.Choice(TASKS), help="With --model seq2seq: the recipe model of this task.")
+@click.option("--decoder", type=click.Choice(DECODERS),
+              help="With --task: autoregressive (T5-like) or queries (Perceiver IO).  [default: autoregressive]")
 @click.option("--weights", type=click.Path(dir_okay=False),
               help="Weights (.safetensors or .npz): PerceiverForMaskedLM's with --text, else PerceiverModel's "
                    "(an MLM checkpoint works too: its encoder is used).")
@@ -205,9 +247,11 @@ ATTENTION_FORMATS = ("svg", "png", "pdf", "text")
 @click.option("--seed", type=click.IntRange(min=0), default=0, show_default=True,
               help="Seed of the random weights (--random-init) and of the random inputs (--seq-len).")
 @click.option("--text", help="A text for the masked language model (PerceiverForMaskedLM), tokenized as "
-                             "[CLS] UTF-8 bytes [SEP]; columns are labelled with its bytes.")
+                             "[CLS] UTF-8 bytes [SEP]; columns are labelled with its bytes. With --model seq2seq: "
+                             "the source (e.g. 3412 for digits-to-words), its translation the target (teacher "
+                             "forcing).")
 @click.option("--pad-to", type=click.IntRange(min=1), metavar="N",
-              help="With --text: pad to N tokens with [PAD], masked by the tokenizer's attention_mask.")
+              help="With --text: pad to N tokens (a translation source: N bytes) with [PAD], masked.")
 @click.option("--seq-len", type=click.IntRange(min=1), metavar="M",
               help="Without --text: M random inputs of width d_model for PerceiverModel.  [default: 8]")
 @click.option("--batch", type=click.IntRange(min=1), default=1, show_default=True,
@@ -223,8 +267,10 @@ ATTENTION_FORMATS = ("svg", "png", "pdf", "text")
 @click.option("--latent-mask", metavar="MASK",
               help="Without --text: over the latents, 1 keeps, 0 drops (npperceiver's; acts in every "
                    "self-attention layer). Same syntax as --attention-mask.")
-@click.option("--layer", default="cross", show_default=True, metavar="LAYER",
-              help="cross | self:I (encoder.self_attends.I, block 1) | self:I:block J | decoder (with --text).")
+@click.option("--layer", metavar="LAYER",
+              help="cross | self:I (encoder.self_attends.I, block 1) | self:I:block J | decoder (with --text). "
+                   "With --model seq2seq also decoder:J (a decoder cross-attention) and causal[:J] (a causal "
+                   "self-attention).  [default: cross; decoder with --model seq2seq]")
 @click.option("--head", default="all", show_default=True, metavar="H|all",
               help="One head, or all of them (a grid, one panel per head).")
 @click.option("--output", "-o", metavar="FILE|-",
@@ -233,16 +279,19 @@ ATTENTION_FORMATS = ("svg", "png", "pdf", "text")
 @click.option("--format", "fmt", type=click.Choice(ATTENTION_FORMATS),
               help="svg, png, pdf (need matplotlib: pip install 'npperceiver[plot]'), or text: the same numbers "
                    "as a table. Default: from the output's extension, else svg.")
-def draw_attention(config_name: str, weights: Optional[str], random_init: bool, seed: int, text: Optional[str],
+def draw_attention(config_name: Optional[str], model: Optional[str], task: Optional[str], decoder: Optional[str],
+                   weights: Optional[str], random_init: bool, seed: int, text: Optional[str],
                    pad_to: Optional[int], seq_len: Optional[int], batch: int, example: int,
-                   attention_mask: Optional[str], head_mask: Optional[str], latent_mask: Optional[str], layer: str,
-                   head: str, output: Optional[str], fmt: Optional[str]) -> None:
+                   attention_mask: Optional[str], head_mask: Optional[str], latent_mask: Optional[str],
+                   layer: Optional[str], head: str, output: Optional[str], fmt: Optional[str]) -> None:
     """Draw the attention probabilities of a real forward pass, and what each mask does to them.
 
     One panel per head: queries (latents, or the decoder's output queries) down, keys (inputs, or latents)
     across. Key columns a mask removed are hatched and labelled in red, a head scaled by head_mask says
     its factor, a row whose every key is masked is called out (HF makes it uniform, padding included),
-    and notes say which of the masks you passed do not act in this layer, and why.
+    and notes say which of the masks you passed do not act in this layer, and why. With --model seq2seq,
+    the translation model reading --text: its decoder cross-attention (target positions down, latents
+    across) or its causal self-attention (each row's later positions marked as masked).
 
     \b
     Examples:
@@ -251,9 +300,29 @@ def draw_attention(config_name: str, weights: Optional[str], random_init: bool, 
       npperceiver draw-attention --config small --random-init --text "Hi there" --pad-to 12 --format text
       npperceiver draw-attention --config language-perceiver --weights model.safetensors \\
         --text "This is a sentence." --layer decoder --head 3 -o decoder.png
+      npperceiver draw-attention --model seq2seq --task digits-to-words --random-init --text 3412 --layer causal
     """
     if (weights is None) == (not random_init):
         raise click.UsageError("pass exactly one of --weights FILE and --random-init")
+    if model == "seq2seq":
+        if text is None:
+            raise click.UsageError("--model seq2seq needs --text: the source to translate")
+        for option, value in (("--seq-len", seq_len), ("--latent-mask", latent_mask), ("--head-mask", head_mask)):
+            if value is not None:
+                raise click.UsageError(f"{option} is not for --model seq2seq (the translation model takes a source "
+                                       "--text, and no latent mask nor head_mask)")
+        if batch != 1:
+            raise click.UsageError("--batch is for random inputs; --text makes one row")
+        config, name = _model_config("seq2seq", config_name, task, decoder)
+        amap, slug = _seq2seq_attention(config, name, weights, seed, text, pad_to, attention_mask,
+                                        layer or "decoder", head, example)
+        _write_attention(amap, f"{Path(name).stem}-attention-{slug}", output, fmt)
+        return
+    if task is not None or decoder is not None:
+        raise click.UsageError("--task and --decoder describe a translation model: add --model seq2seq")
+    if config_name is None:
+        raise click.UsageError("Missing option '--config'.")
+    layer = layer or "cross"
     if text is not None and (seq_len is not None or batch != 1):
         raise click.UsageError("--seq-len and --batch are for random inputs; --text makes one row of tokens")
     if pad_to is not None and text is None:
@@ -270,17 +339,8 @@ def draw_attention(config_name: str, weights: Optional[str], random_init: bool, 
     if text is not None and latent_mask is not None:
         raise CliError("--latent-mask: PerceiverForMaskedLM takes no latent mask (nor does HF's); draw the encoder "
                        "with --seq-len to see one")
-    if fmt is None:
-        suffix = Path(output).suffix.lower().lstrip(".") if output and output != "-" else ""
-        fmt = {"txt": "text"}.get(suffix, suffix) if suffix in (*ATTENTION_FORMATS, "txt") else "svg"
-    if output is None:
-        output = "-" if fmt == "text" else f"{Path(name).stem}-attention-{ref.slug()}.{fmt}"
-    if fmt != "text":
-        try:
-            attention_viz.require_matplotlib()
-        except ImportError:
-            raise CliError(f"{fmt} output needs matplotlib, which is not installed: "
-                           f"{attention_viz.INSTALL_HINT}; or use --format text, which needs nothing") from None
+    stem = f"{Path(name).stem}-attention-{ref.slug()}"
+    fmt, output = _attention_output(fmt, output, stem)
 
     L, Hs, N = config.num_self_attention_layers, config.num_self_attention_heads, config.num_latents
     hm = None
@@ -332,11 +392,75 @@ def draw_attention(config_name: str, weights: Optional[str], random_init: bool, 
                                            head_mask=hm, latent_mask=lm, tokens=tokens)
     except (OSError, ValueError) as e:
         raise CliError(_one_line(e)) from None
+    _write_attention(amap, stem, output, fmt)
 
+
+def _attention_output(fmt: Optional[str], output: Optional[str], stem: str) -> tuple[str, str]:
+    """draw-attention's format (from --format, else the output's extension, else svg) and output (default:
+    ``stem``.format, standard output for text); a picture format needs matplotlib."""
+    if fmt is None:
+        suffix = Path(output).suffix.lower().lstrip(".") if output and output != "-" else ""
+        fmt = {"txt": "text"}.get(suffix, suffix) if suffix in (*ATTENTION_FORMATS, "txt") else "svg"
+    if output is None:
+        output = "-" if fmt == "text" else f"{stem}.{fmt}"
+    if fmt != "text":
+        try:
+            attention_viz.require_matplotlib()
+        except ImportError:
+            raise CliError(f"{fmt} output needs matplotlib, which is not installed: "
+                           f"{attention_viz.INSTALL_HINT}; or use --format text, which needs nothing") from None
+    return fmt, output
+
+
+def _write_attention(amap, stem: str, output: Optional[str], fmt: Optional[str]) -> None:
+    """Write draw-attention's picture or table (see :func:`_attention_output`)."""
+    fmt, output = _attention_output(fmt, output, stem)
     data = attention_viz.attention_table(amap).encode() if fmt == "text" else attention_viz.render_attention(amap, fmt)
     _write(output, data)
     if output != "-":
         click.echo(f"wrote {output}", err=True)
+
+
+def _seq2seq_attention(config: Seq2SeqConfig, name: str, weights: Optional[str], seed: int, text: str,
+                       pad_to: Optional[int], attention_mask: Optional[str], layer: str, head: str, example: int):
+    """draw-attention --model seq2seq: the translation model reads the source ``text`` and, teacher-forced,
+    its translation in the model's task; the figure model of ``layer``, and the layer's slug."""
+    if config.task is None:
+        raise CliError(f"--config {name}: the config names no task, so --text cannot be read as a source: add "
+                       "\"task\" (digits-to-words or words-to-digits) to it")
+    if example != 0:
+        raise CliError(f"--example {example} does not exist: --text makes one row (0)")
+    task = get_task(config.task)
+    try:
+        ref = attention_viz.parse_layer(layer, config)
+        attention_viz.select_heads(head, ref, config)
+        _check_utf8(text)
+        ids, keep = task.encode_sources([text])  # (1, M), (1, M): the task's alphabet and lengths
+        number = int(text) if task.name == "digits-to-words" and text.isdigit() and str(int(text)) == text else \
+            words_to_number(text) if task.name == "words-to-digits" else None
+        if number is None:
+            raise ValueError(f"--text {text!r} is not a {task.name} source: a number 0-999999 in digits, no leading "
+                             "zeros or separators")
+        M, P = ids.shape[1], config.encoder.max_position_embeddings
+        if pad_to is not None:
+            if pad_to < M or pad_to > P:
+                raise ValueError(f"--pad-to {pad_to}: the source has {M} bytes and the encoder reads at most {P} "
+                                 "(max_position_embeddings): give M to P")
+            ids = np.pad(ids, ((0, 0), (0, pad_to - M)))  # [PAD] = 0, after the source
+            keep = np.pad(keep, ((0, 0), (0, pad_to - M)))
+        am = _keep_option("--attention-mask", attention_mask, 1, ids.shape[1], f"the source's {ids.shape[1]} bytes")
+        am = keep.astype(np.float32) if am is None else am
+        target = task.encode_targets([task.target_tokens(number)])  # (1, T): the translation, [EOS], [PAD]
+        model = (PerceiverSeq2Seq.init(config, seed=seed) if weights is None else
+                 PerceiverSeq2Seq.from_state_dict(config, npperceiver.load_weights(weights)))
+        out = model(ids, am, target, output_attentions=True)
+        rows = shift_right(target)[0] if config.decoder == "autoregressive" else target[0]  # what each row reads
+        amap = attention_viz.attention_map(
+            out, config, ref, head=head, attention_mask=am, tokens=attention_viz.token_labels(ids[0]),
+            target_tokens=attention_viz.target_token_labels(rows, task.target_vocab))
+    except (OSError, ValueError) as e:
+        raise CliError(_one_line(e)) from None
+    return amap, ref.slug()
 
 
 def _mask_option(option: str, value: str) -> np.ndarray:
@@ -928,6 +1052,63 @@ def _load_config(name: str):
         raise CliError(f"--config {name}: cannot read it: {e.strerror or e}") from None
     raise CliError(f"--config {name}: no such file, and no bundled preset of that name "
                    f"(presets: {', '.join(available_presets())})")
+
+
+def _model_config(model: str, config_name: Optional[str], task: Optional[str], decoder: Optional[str]):
+    """The config of ``--model``, and a name for it: a PerceiverConfig from --config (encoder, mlm), or the
+    translation model's Seq2SeqConfig from --task [--decoder] or from a JSON --config (seq2seq)."""
+    if model != "seq2seq":
+        if task is not None or decoder is not None:
+            raise click.UsageError("--task and --decoder describe a translation model: add --model seq2seq")
+        if config_name is None:
+            raise click.UsageError(f"Missing option '--config' (the config of --model {model}: a JSON file or a "
+                                   "preset)")
+        return _load_config(config_name)
+    if config_name is not None and task is not None:
+        raise click.UsageError("pass --task or --config, not both: --task makes the recipe model of a task, --config "
+                               "reads a Seq2SeqConfig JSON")
+    if config_name is None and task is None:
+        raise click.UsageError("--model seq2seq needs --task digits-to-words|words-to-digits (the recipe model) or "
+                               "--config FILE.json (a Seq2SeqConfig)")
+    if task is not None:
+        decoder = decoder or "autoregressive"
+        click.echo(f"config: the {task} recipe, {decoder} decoder (Seq2SeqConfig.for_task)", err=True)
+        return Seq2SeqConfig.for_task(task, decoder), f"{task}-{decoder}"
+    if decoder is not None:
+        raise click.UsageError("--decoder goes with --task; a --config file names its own decoder")
+    return _load_seq2seq_config(config_name), Path(config_name).name
+
+
+def _load_seq2seq_config(name: str) -> Seq2SeqConfig:
+    """A Seq2SeqConfig from a JSON file (``Seq2SeqConfig.to_dict``'s layout), read as carefully as
+    ``PerceiverConfig.from_json`` reads one: at most MAX_CONFIG_BYTES, UTF-8, strict JSON."""
+    path = Path(name)
+    if path.is_dir():
+        raise CliError(f"--config {name}: is a folder, not a JSON file")
+    if not path.exists():
+        raise CliError(f"--config {name}: no such file (--model seq2seq reads a Seq2SeqConfig JSON, e.g. "
+                       "configs/seq2seq-digits-to-words.json; or give --task)")
+    try:
+        with open(path, "rb") as f:
+            raw = f.read(MAX_CONFIG_BYTES + 1)
+    except OSError as e:
+        raise CliError(f"--config {name}: cannot read it: {e.strerror or e}") from None
+    data = None
+    try:
+        if len(raw) > MAX_CONFIG_BYTES:
+            raise ValueError(f"larger than {MAX_CONFIG_BYTES // 1024} KiB: a config is a small JSON file")
+        try:
+            text = raw.decode("utf-8-sig")
+        except UnicodeDecodeError as e:
+            raise ValueError(f"not UTF-8 text ({e.reason} at byte {e.start})") from None
+        data = parse_json(text)
+        config = Seq2SeqConfig.from_dict(data)
+    except ValueError as e:
+        hint = (" (this looks like a PerceiverConfig: draw it with --model encoder or mlm)"
+                if isinstance(data, dict) and "num_latents" in data else "") if "'encoder'" in str(e) else ""
+        raise CliError(f"--config {name}: {_one_line(e)}{hint}") from None
+    click.echo(f"config: {path} (file)", err=True)
+    return config
 
 
 def _write(output: str, data: "bytes | Callable[[str], None]", suffix: str = ".tmp") -> None:

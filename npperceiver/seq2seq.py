@@ -248,29 +248,33 @@ def seq2seq_loss_backward(logits: np.ndarray, target_ids: np.ndarray) -> np.ndar
 
 def autoregressive_decoder(
     params: Params, config: Seq2SeqConfig, decoder_input_ids: np.ndarray, latents: np.ndarray,
-    dropout: Optional[Dropout] = None, cache: Optional[Cache] = None,
-) -> np.ndarray:
+    dropout: Optional[Dropout] = None, cache: Optional[Cache] = None, output_attentions: bool = False,
+) -> Any:
     """The T5-like decoder: (B, T') decoder input ids and latents (B, N, D) -> logits (B, T', V), T' <= T.
 
     ``params``: the ``decoder`` sub-tree. Logits at position t depend on ``decoder_input_ids[:, :t+1]`` and
     the latents only (the causal mask). ``dropout``: training-mode dropout of every attention's probabilities
     (None: HF's ``eval()``). ``cache``: a dict to record what :func:`autoregressive_decoder_backward` needs.
+    ``output_attentions=True``: ``(logits, self_attentions, cross_attentions)``, one (B, Hd, T', T') and one
+    (B, Hd, T', N) probability array per layer.
     """
     H, T = config.num_decoder_heads, decoder_input_ids.shape[1]
     x = params["embeddings"]["weight"][decoder_input_ids]  # (V, E)[(B, T)] -> (B, T, E)
     x = x + params["position_embeddings"]["weight"][:T]  # (B, T, E) + (T, E)
     bias = causal_mask(T)  # (1, 1, T, T)
     layer_caches = None if cache is None else cache.setdefault("layers", [])  # one record per layer
+    attentions: tuple = ((), ())  # output_attentions: (self, cross) probabilities, layer by layer
     for layer in params["layers"]:
         layer_cache = None if layer_caches is None else {}
-        x, _ = perceiver_attention(
+        x, self_probs = perceiver_attention(
             layer["self_attention"], x, H, use_query_residual=True, attention_mask=bias, dropout=dropout,
             cache=child(layer_cache, "self_attention"),
         )  # x + SelfAttention(LN(x)): (B, T, E)
-        x, _ = perceiver_layer(
+        x, cross_probs = perceiver_layer(
             layer["cross_attention"], x, H, use_query_residual=True, hidden_act=config.encoder.hidden_act,
             inputs=latents, dropout=dropout, cache=child(layer_cache, "cross_attention"),
         )  # x + CrossAttention(LN(x), LN(z)), then + MLP(LN(.)): (B, T, E)
+        attentions = (attentions[0] + (self_probs,), attentions[1] + (cross_probs,))
         if layer_caches is not None:
             layer_caches.append(layer_cache)
     if cache is not None:
@@ -278,7 +282,8 @@ def autoregressive_decoder(
     x = layer_norm(x, **params["layernorm"])  # (B, T, E)
     if cache is not None:
         cache["normed"] = x
-    return linear(x, **params["lm_head"])  # (B, T, E) -> (B, T, V)
+    logits = linear(x, **params["lm_head"])  # (B, T, E) -> (B, T, V)
+    return (logits, *attentions) if output_attentions else logits
 
 
 def decoder_head_backward(d_logits: np.ndarray, params: Params, cache: Cache) -> tuple[np.ndarray, Params]:
@@ -326,17 +331,18 @@ def autoregressive_decoder_backward(
 
 def queries_decoder(
     params: Params, config: Seq2SeqConfig, latents: np.ndarray,
-    dropout: Optional[Dropout] = None, cache: Optional[Cache] = None,
-) -> np.ndarray:
+    dropout: Optional[Dropout] = None, cache: Optional[Cache] = None, output_attentions: bool = False,
+) -> Any:
     """The Perceiver IO decoder: T learned queries read the latents (B, N, D) once -> logits (B, T, V).
 
     ``params``: the ``decoder`` sub-tree. Like HF ``PerceiverBasicDecoder`` with trainable position
     encodings as queries, then a layernorm and a linear head over the target vocabulary. ``dropout``,
-    ``cache``: as in :func:`autoregressive_decoder`.
+    ``cache``: as in :func:`autoregressive_decoder`. ``output_attentions=True``: ``(logits, (), (cross_probs,))``,
+    the cross-attention's (B, Hd, T, N).
     """
     query = trainable_position_encoding(params["output_position_encodings"]["position_embeddings"],
                                         latents.shape[0])  # (T, E) -> (B, T, E)
-    x, _ = perceiver_layer(
+    x, cross_probs = perceiver_layer(
         params["decoding_cross_attention"], query, config.num_decoder_heads,
         use_query_residual=config.decoder_cross_attention.use_query_residual,
         hidden_act=config.encoder.hidden_act, inputs=latents, dropout=dropout,
@@ -347,7 +353,8 @@ def queries_decoder(
     x = layer_norm(x, **params["layernorm"])  # (B, T, E)
     if cache is not None:
         cache["normed"] = x
-    return linear(x, **params["lm_head"])  # (B, T, E) -> (B, T, V)
+    logits = linear(x, **params["lm_head"])  # (B, T, E) -> (B, T, V)
+    return (logits, (), (cross_probs,)) if output_attentions else logits
 
 
 def queries_decoder_backward(d_logits: np.ndarray, params: Params, cache: Cache) -> tuple[np.ndarray, Params]:
@@ -368,11 +375,19 @@ def queries_decoder_backward(d_logits: np.ndarray, params: Params, cache: Cache)
 # ---------------------------------------------------------------------- the model
 @dataclass
 class Seq2SeqOutput:
-    """``logits`` (B, T', V); ``latents`` (B, N, D), the encoder's output; ``loss`` when targets are given."""
+    """``logits`` (B, T', V); ``latents`` (B, N, D), the encoder's output; ``loss`` when targets are given.
+
+    With ``output_attentions=True``, the probabilities of every attention, as HF names them: ``attentions``
+    the encoder's self-attentions (B, Hs, N, N); ``cross_attentions`` the encoder's cross-attention
+    (B, Hc, N, M), then each decoder cross-attention (B, Hd, T', N); ``decoder_attentions`` each causal
+    self-attention of the autoregressive decoder (B, Hd, T', T') (none for the queries decoder)."""
 
     logits: np.ndarray
     latents: np.ndarray
     loss: Optional[np.float32] = None
+    attentions: Optional[tuple] = None
+    cross_attentions: Optional[tuple] = None
+    decoder_attentions: Optional[tuple] = None
 
 
 class PerceiverSeq2Seq:
@@ -417,28 +432,32 @@ class PerceiverSeq2Seq:
         """A copy of the model with every parameter in ``dtype`` (``np.float64``: the gradient checks' mode)."""
         return type(self)(self.config, cast_params(self.params, dtype))
 
-    def encode(self, source_ids: Any, source_mask: Optional[Any] = None, *,
-               dropout_rng: Optional[np.random.Generator] = None, cache: Optional[Cache] = None) -> np.ndarray:
-        """Source byte ids (B, M) and keep-mask (B, M) -> latents (B, N, D). ``dropout_rng``, ``cache``: as in
-        :meth:`__call__`."""
+    def encode(self, source_ids: Any, source_mask: Optional[Any] = None, output_attentions: bool = False, *,
+               dropout_rng: Optional[np.random.Generator] = None, cache: Optional[Cache] = None) -> Any:
+        """Source byte ids (B, M) and keep-mask (B, M) -> latents (B, N, D); with ``output_attentions=True``,
+        the encoder's :class:`PerceiverModel` output (``last_hidden_state``, ``attentions``,
+        ``cross_attentions``). ``dropout_rng``, ``cache``: as in :meth:`__call__`."""
         enc = self.config.encoder
         source_ids = _check_ids(source_ids, "source_ids", enc.vocab_size, enc.max_position_embeddings)
         inputs, _ = text_preprocessor(self.params["perceiver"]["input_preprocessor"], source_ids,
                                       cache=child(cache, "input_preprocessor"))  # (B, M, C)
-        return self.encoder(inputs, attention_mask=source_mask, dropout_rng=dropout_rng,
-                            cache=child(cache, "perceiver")).last_hidden_state  # (B, N, D)
+        out = self.encoder(inputs, attention_mask=source_mask, output_attentions=output_attentions,
+                           dropout_rng=dropout_rng, cache=child(cache, "perceiver"))
+        return out if output_attentions else out.last_hidden_state  # (B, N, D)
 
-    def decode(self, latents: np.ndarray, decoder_input_ids: Optional[Any] = None, *,
-               dropout_rng: Optional[np.random.Generator] = None, cache: Optional[Cache] = None) -> np.ndarray:
+    def decode(self, latents: np.ndarray, decoder_input_ids: Optional[Any] = None, output_attentions: bool = False,
+               *, dropout_rng: Optional[np.random.Generator] = None, cache: Optional[Cache] = None) -> Any:
         """Latents (B, N, D) -> logits: (B, T', V) for the autoregressive decoder's (B, T') input ids,
-        (B, T, V) for the queries decoder (which takes no ids). ``dropout_rng``, ``cache``: as in
-        :meth:`__call__`."""
+        (B, T, V) for the queries decoder (which takes no ids). ``output_attentions=True``: ``(logits,
+        self_attentions, cross_attentions)`` (see :func:`autoregressive_decoder`). ``dropout_rng``, ``cache``:
+        as in :meth:`__call__`."""
         cfg = self.config
         dropout = attention_dropout(cfg.encoder, dropout_rng)
         if cfg.decoder == "queries":
             if decoder_input_ids is not None:
                 raise ValueError("the queries decoder reads no target tokens: pass decoder_input_ids=None")
-            return queries_decoder(self.params["decoder"], cfg, latents, dropout=dropout, cache=child(cache, "decoder"))
+            return queries_decoder(self.params["decoder"], cfg, latents, dropout=dropout,
+                                   cache=child(cache, "decoder"), output_attentions=output_attentions)
         if decoder_input_ids is None:
             raise ValueError("the autoregressive decoder needs decoder_input_ids (B, T'), e.g. "
                              "shift_right(target_ids)")
@@ -446,10 +465,10 @@ class PerceiverSeq2Seq:
         if ids.shape[0] != latents.shape[0]:
             raise ValueError(f"decoder_input_ids has {ids.shape[0]} rows but the batch has {latents.shape[0]}")
         return autoregressive_decoder(self.params["decoder"], cfg, ids, latents, dropout=dropout,
-                                      cache=child(cache, "decoder"))
+                                      cache=child(cache, "decoder"), output_attentions=output_attentions)
 
     def __call__(self, source_ids: Any, source_mask: Optional[Any] = None,
-                 target_ids: Optional[Any] = None, *, dropout_rng: Optional[np.random.Generator] = None,
+                 target_ids: Optional[Any] = None, output_attentions: bool = False, *, dropout_rng: Optional[np.random.Generator] = None,
                  cache: Optional[Cache] = None) -> Seq2SeqOutput:
         """Teacher-forced forward pass: logits (B, T, V) for every target position, and the loss when
         ``target_ids`` (B, T) -- ``[EOS]`` then ``[PAD]`` -- are given. The autoregressive decoder needs them
@@ -458,9 +477,11 @@ class PerceiverSeq2Seq:
         ``dropout_rng``: None (the default) runs every attention as HF's ``eval()`` does; a
         ``np.random.Generator`` switches on training-mode dropout of every attention's probabilities, encoder
         and decoder, with the encoder config's ``attention_probs_dropout_prob`` (as the torch twin built from
-        HF's modules with that config). ``cache``: a dict to record what :meth:`backward` needs."""
+        HF's modules with that config). ``cache``: a dict to record what :meth:`backward` needs.
+        ``output_attentions=True`` returns every attention's probabilities too (see :class:`Seq2SeqOutput`)."""
         cfg = self.config
-        latents = self.encode(source_ids, source_mask, dropout_rng=dropout_rng, cache=cache)  # (B, N, D)
+        encoded = self.encode(source_ids, source_mask, output_attentions, dropout_rng=dropout_rng, cache=cache)
+        latents = encoded.last_hidden_state if output_attentions else encoded  # (B, N, D)
         if target_ids is not None:
             target_ids = _check_ids(target_ids, "target_ids", cfg.target_vocab_size, cfg.max_target_length)
             if target_ids.shape != (latents.shape[0], cfg.max_target_length):
@@ -470,13 +491,20 @@ class PerceiverSeq2Seq:
             if target_ids is None:
                 raise ValueError("the autoregressive decoder is teacher-forced here: pass target_ids "
                                  "(or use generate())")
-            logits = self.decode(latents, shift_right(target_ids), dropout_rng=dropout_rng, cache=cache)  # (B, T, V)
+            decoded = self.decode(latents, shift_right(target_ids), output_attentions, dropout_rng=dropout_rng,
+                                  cache=cache)  # (B, T, V)
         else:
-            logits = self.decode(latents, dropout_rng=dropout_rng, cache=cache)  # (B, T, V)
+            decoded = self.decode(latents, output_attentions=output_attentions, dropout_rng=dropout_rng,
+                                  cache=cache)  # (B, T, V)
+        logits = decoded[0] if output_attentions else decoded
         loss = seq2seq_loss(logits, target_ids) if target_ids is not None else None
         if cache is not None:
             cache["batch_size"] = latents.shape[0]
-        return Seq2SeqOutput(logits, latents, loss)
+        if not output_attentions:
+            return Seq2SeqOutput(logits, latents, loss)
+        return Seq2SeqOutput(logits, latents, loss, attentions=encoded.attentions,
+                             cross_attentions=(*encoded.cross_attentions, *decoded[2]),
+                             decoder_attentions=decoded[1] if cfg.decoder == "autoregressive" else None)
 
     # ------------------------------------------------------------------ backward
     def backward(self, d_logits: Any, cache: Cache) -> dict[str, np.ndarray]:

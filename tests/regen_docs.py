@@ -11,7 +11,8 @@ In a page, a block of command output is marked like this::
 purpose, ``python -m tests.regen_docs`` (from the repository root) rewrites them.
 
 The attention pictures are generated the same way: ``docs/cli.md`` lists the ``npperceiver draw-attention
-... -o docs/images/...`` line that makes each one, and ``python -m tests.regen_docs`` runs them too.
+... -o docs/images/...`` line that makes each one, and ``python -m tests.regen_docs`` runs them too; so are
+the translation model's diagrams (``npperceiver draw-encoder --model seq2seq ... -o docs/images/...``).
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 BLOCK = re.compile(r"(<!-- output of: (?P<cmd>.+?) -->\n```text\n)(?P<body>.*?)(```)", re.S)
 PICTURE = re.compile(r"^(npperceiver draw-attention .* -o (docs/images/\S+))$", re.M)
+DIAGRAM = re.compile(r"^(npperceiver draw-encoder --model seq2seq .* -o (docs/images/\S+))$", re.M)
 
 
 def run_command(command: str, output: "Path | None" = None) -> str:
@@ -50,6 +52,12 @@ def pictures() -> list[tuple[str, str]]:
     return [(m[1], m[2]) for m in PICTURE.finditer((ROOT / "docs" / "cli.md").read_text(encoding="utf-8"))]
 
 
+def diagrams() -> list[tuple[str, str]]:
+    """``(command, picture path)`` of every translation-model diagram ``docs/cli.md`` says ``draw-encoder``
+    makes."""
+    return [(m[1], m[2]) for m in DIAGRAM.finditer((ROOT / "docs" / "cli.md").read_text(encoding="utf-8"))]
+
+
 def blocks(text: str):
     """``(command, quoted output)`` for every generated block of a page."""
     return [(m["cmd"], m["body"]) for m in BLOCK.finditer(text)]
@@ -68,6 +76,6 @@ if __name__ == "__main__":
     for page in sorted((ROOT / "docs").glob("*.md")):
         if regenerate(page):
             print(f"updated {page.relative_to(ROOT)}")
-    for command, picture in pictures():
+    for command, picture in pictures() + diagrams():
         run_command(command, ROOT / picture)
         print(f"drew {picture}")

@@ -16,11 +16,15 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 from strategies import configs, random_model
+from test_seq2seq import random_seq2seq, seq2seq_configs
 
 import npperceiver as npp
 from npperceiver.attention import merge_heads, split_heads
 from npperceiver.functional import ACT2FN, layer_norm, linear, softmax
-from npperceiver.trace import STEP_KINDS, Step, encoder_steps, format_shape, mlm_steps
+from npperceiver.seq2seq import PerceiverSeq2Seq, Seq2SeqConfig, causal_mask
+from npperceiver.tasks import BOS_ID, PAD_ID
+from npperceiver.text import masked_lm_loss
+from npperceiver.trace import STEP_KINDS, Step, encoder_steps, format_shape, mlm_steps, seq2seq_steps
 
 
 def _param(state: dict, module: str) -> dict:
@@ -34,23 +38,35 @@ def run_trace(steps: list[Step], model: npp.PerceiverModel, inputs, attention_ma
     return execute(steps, model.config, model.state_dict(), given_values, batch=inputs.shape[0])
 
 
-def execute(steps: list[Step], cfg, state: dict, given_values: dict, batch: int) -> dict:
-    """Run a trace (``encoder_steps`` or ``mlm_steps``) with the weights in ``state`` (HF key names)."""
+def execute(steps: list[Step], cfg, state: dict, given_values: dict, batch: int, decoder_heads: int = 8) -> dict:
+    """Run a trace (``encoder_steps``, ``mlm_steps`` or ``seq2seq_steps``, whose ``cfg`` is the encoder's)
+    with the weights in ``state`` (HF key names); ``decoder_heads``: the heads of every decoder attention."""
     v: dict[str, np.ndarray] = {}
     for s in steps:
         x = [v[i] for i in s.inputs]
         what = s.id.rsplit("/", 1)[1]
-        heads = {"cross": cfg.num_cross_attention_heads, "decoder": 8}.get(s.scope, cfg.num_self_attention_heads)
+        heads = {"cross": cfg.num_cross_attention_heads}.get(s.scope, cfg.num_self_attention_heads)
+        if s.scope.startswith("decod"):  # the MLM's decoder; the translation decoder's layers
+            heads = decoder_heads
         if s.kind in ("input", "mask") and not s.inputs:
-            out = np.asarray(given_values[s.id], np.int64 if s.id == "text/input_ids" else np.float32)
+            ids = s.id in ("text/input_ids", "source/source_ids", "target/target_ids")
+            out = np.asarray(given_values[s.id], np.int64 if ids else np.float32)
         elif s.kind == "parameter":
             out = state[s.module]
-        elif s.id in ("inputs/embeddings", "decoder_query/queries"):
+        elif s.id in ("inputs/embeddings", "decoder_query/queries", "queries/queries"):
             out = np.broadcast_to(x[0], (batch, *x[0].shape))
-        elif s.id == "text/token_embeddings":
+        elif s.id in ("text/token_embeddings", "source/token_embeddings", "decoder_inputs/token_embeddings"):
             out = x[1][x[0]]  # rows of the embedding matrix
-        elif s.id == "text/inputs":
+        elif s.id in ("text/inputs", "source/inputs", "decoder_inputs/inputs"):
             out = x[0] + x[1][: x[0].shape[1]]  # position m for token m
+        elif s.id == "target/padding":
+            out = x[0] == PAD_ID
+        elif s.id == "decoder_inputs/decoder_input_ids":  # [BOS], then all but the last target token
+            out = np.concatenate([np.full((x[0].shape[0], 1), BOS_ID), x[0][:, :-1]], axis=1)
+        elif s.id == "loss/labels":
+            out = np.where(v[s.mask_source], -100, x[0])
+        elif s.id == "loss/loss":
+            out = np.asarray(masked_lm_loss(*x))
         elif s.id == "embedding_decoder/logits":
             out = linear(x[0], x[1], x[2])  # the token embedding as the weight
         elif s.module == "invert_attention_mask":
@@ -59,14 +75,14 @@ def execute(steps: list[Step], cfg, state: dict, given_values: dict, batch: int)
             out = npp.get_head_mask(x[0], cfg.num_self_attention_heads, cfg.num_self_attention_layers)
         elif what in ("layernorm1", "layernorm2", "layernorm"):
             out = layer_norm(x[0], **_param(state, s.module))
-        elif what in ("query", "key", "value", "output", "mlp_dense1", "mlp_dense2"):
+        elif what in ("query", "key", "value", "output", "mlp_dense1", "mlp_dense2", "lm_head"):
             out = linear(x[0], **_param(state, s.module))
         elif what.startswith("split_"):
             out = split_heads(x[0], heads)
         elif what == "scores":
             q, k = x
             out = (q @ k.swapaxes(-1, -2)) / np.float32(math.sqrt(q.shape[-1]))
-        elif what in ("inputs_mask", "attention_mask"):
+        elif what in ("inputs_mask", "attention_mask", "causal_mask"):
             out = x[0] + v[s.mask_source]
         elif what == "softmax":
             out = softmax(x[0])
@@ -308,3 +324,123 @@ def test_module_paths_and_shapes_match_hf(name):
     # embeddings; per layer 5 Linears, 2 LayerNorms (3 in the cross), the activation, the attention core, the
     # PerceiverAttention (only with a query residual: it is the last step there) and the layer itself.
     assert len(hf_named) == 1 + (12 + cfg.use_query_residual) + 12 * S
+
+
+# ---------------------------------------------------------------------------- the translation model
+SEQ2SEQ_CONFIGS = {
+    "autoregressive, two layers": dict(decoder="autoregressive", num_decoder_layers=2),
+    "queries": dict(decoder="queries"),
+    "queries, no query residual": dict(decoder="queries", decoder_use_query_residual=False),
+}
+
+
+def _seq2seq_config(**decoder) -> Seq2SeqConfig:
+    encoder = npp.PerceiverConfig(num_latents=5, d_latents=12, d_model=8, num_blocks=2, num_self_attends_per_block=1,
+                                  num_self_attention_heads=3, num_cross_attention_heads=2, vocab_size=262,
+                                  max_position_embeddings=9)
+    return Seq2SeqConfig(encoder, target_vocab_size=11, max_target_length=6, d_decoder=8, num_decoder_heads=2,
+                         decoder_widening_factor=2, **decoder)
+
+
+@pytest.mark.parametrize("name", sorted(SEQ2SEQ_CONFIGS))
+def test_seq2seq_trace_is_the_translation_forward_pass(name):
+    """Executing ``seq2seq_steps`` with a PerceiverSeq2Seq's weights gives its latents, logits and loss (target
+    padding left out), and every array has the announced shape."""
+    cfg = _seq2seq_config(**SEQ2SEQ_CONFIGS[name])
+    B, M, T = 3, 7, cfg.max_target_length
+    model = PerceiverSeq2Seq.init(cfg, seed=1)
+    rng = np.random.default_rng(0)
+    source = rng.integers(6, 262, (B, M))
+    keep = np.ones((B, M), np.float32)
+    keep[1, 4:] = 0  # a padded source
+    source[1, 4:] = 0
+    target = rng.integers(3, cfg.target_vocab_size, (B, T))
+    target[:, 3] = 2  # [EOS] then [PAD]: the padding must leave the loss
+    target[:, 4:] = 0
+    steps = seq2seq_steps(cfg, batch=B, seq_len=M)
+    given = {"source/source_ids": source, "masks/attention_mask": keep, "target/target_ids": target}
+    if cfg.decoder == "autoregressive":
+        given["masks/causal_mask"] = causal_mask(T)
+    values = execute(steps, cfg.encoder, model.state_dict(), given, batch=B, decoder_heads=cfg.num_decoder_heads)
+    wrong = {s.id: (s.shape, values[s.id].shape) for s in steps if tuple(values[s.id].shape) != s.shape}
+    assert not wrong, wrong
+    out = model(source, keep, target, output_attentions=True)
+    np.testing.assert_allclose(values["output/last_hidden_state"], out.latents, rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(values["output/logits"], out.logits, rtol=1e-4, atol=1e-5)
+    np.testing.assert_allclose(values["loss/loss"], out.loss, rtol=1e-5)
+    # The probabilities the model returns are the trace's softmax steps: the encoder's, then the decoder's.
+    softmax = [s.id for s in steps if s.id.endswith("/softmax")]
+    cross = [i for i in softmax if i == "cross/softmax" or i.endswith("/cross/softmax") or i.startswith("decoding/")]
+    causal = [i for i in softmax if i.startswith("decoder") and i.endswith("/self/softmax")]
+    own = [i for i in softmax if i.startswith("block")]
+    for ids, probs in ((cross, out.cross_attentions), (causal, out.decoder_attentions or ()), (own, out.attentions)):
+        assert len(ids) == len(probs)
+        for i, p in zip(ids, probs):
+            np.testing.assert_allclose(values[i], p, rtol=1e-5, atol=1e-6)
+
+
+@given(data=st.data())
+def test_seq2seq_trace_is_the_forward_pass_for_any_config(data):
+    """The same, for configs drawn by hypothesis (either decoder, any encoder) and random padding."""
+    cfg = data.draw(seq2seq_configs())
+    B, M, T = data.draw(st.integers(1, 2)), data.draw(st.integers(1, 7)), cfg.max_target_length
+    model = random_seq2seq(cfg, data.draw(st.integers(0, 100)))
+    rng = np.random.default_rng(data.draw(st.integers(0, 100)))
+    source = rng.integers(0, cfg.encoder.vocab_size, (B, M))
+    keep = (rng.random((B, M)) < 0.7).astype(np.float32)
+    keep[:, 0] = 1
+    target = rng.integers(0, cfg.target_vocab_size, (B, T))
+    given_values = {"source/source_ids": source, "masks/attention_mask": keep, "target/target_ids": target,
+                    "masks/causal_mask": causal_mask(T)}
+    values = execute(seq2seq_steps(cfg, batch=B, seq_len=M), cfg.encoder, model.state_dict(), given_values, batch=B,
+                     decoder_heads=cfg.num_decoder_heads)
+    out = model(source, keep, target)
+    np.testing.assert_allclose(values["output/logits"], out.logits, rtol=1e-4, atol=1e-4)
+    np.testing.assert_allclose(values["loss/loss"], out.loss, rtol=1e-4, atol=1e-5, equal_nan=True)
+
+
+def test_seq2seq_trace_structure():
+    """Where each mask acts, what each decoder reads, and the letters of the shapes."""
+    auto = {s.id: s for s in seq2seq_steps(_seq2seq_config(num_decoder_layers=2))}
+    queries = {s.id: s for s in seq2seq_steps(_seq2seq_config(decoder="queries"))}
+    for by_id in (auto, queries):
+        acting = {s.id: (s.mask, s.mask_source) for s in by_id.values() if s.mask}
+        expected = {"cross/inputs_mask": ("inputs_mask", "masks/inputs_mask"),
+                    "loss/labels": ("target_padding", "target/padding")}
+        if by_id is auto:
+            expected.update({f"decoder{j}/self/causal_mask": ("causal_mask", "masks/causal_mask") for j in (0, 1)})
+        assert acting == expected
+        assert "masks/head_mask" not in by_id and "masks/latent_mask" not in by_id  # the model takes neither
+        assert by_id["masks/attention_mask"].name == "source_mask"
+        assert by_id["cross/layernorm2"].inputs == ("source/inputs",)
+        assert by_id["masks/inputs_mask"].shape == ("B", 1, 1, "M")
+        assert by_id["target/padding"].shape == ("B", 6) and by_id["loss/loss"].shape == ()
+        assert by_id["output/logits"].shape == ("B", 6, 11)  # (B, T, V)
+    # Every decoder cross-attention reads the latents, and nothing masks it.
+    for layernorm2, softmax in (("decoder0/cross/layernorm2", "decoder0/cross/softmax"),
+                                ("decoder1/cross/layernorm2", "decoder1/cross/softmax"),
+                                ("decoding/layernorm2", "decoding/softmax")):
+        by_id = queries if layernorm2.startswith("decoding") else auto
+        assert by_id[layernorm2].inputs == ("output/last_hidden_state",)
+        assert by_id[layernorm2].shape == ("B", 5, 12)  # (B, N, D)
+        assert "every latent is real" in by_id[softmax].note
+        assert by_id[softmax].shape == ("B", 2, 6, 5)  # (B, Hd, T, N)
+    assert auto["masks/causal_mask"].shape == (1, 1, 6, 6)
+    assert auto["decoder0/self/scores"].axes == ("B", "Hd", "T", "T")
+    assert auto["decoder1/self/layernorm1"].inputs == ("decoder0/cross/residual",)
+    assert auto["decoder_inputs/decoder_input_ids"].inputs == ("target/target_ids",)
+    assert "decoder0/self/layernorm" not in auto  # the self-attention is a PerceiverAttention: no MLP
+    assert auto["decoder0/self/output"].module == "decoder.layers.0.self_attention.output.dense"
+    # The queries decoder reads no target token: target_ids feed the loss only.
+    assert [s.id for s in queries.values() if "target/target_ids" in s.inputs] == ["target/padding", "loss/labels"]
+    assert "masks/causal_mask" not in queries
+
+
+def test_seq2seq_trace_refuses_bad_input():
+    cfg = _seq2seq_config()
+    with pytest.raises(ValueError, match="max_position_embeddings = 9"):
+        seq2seq_steps(cfg, seq_len=10)
+    with pytest.raises(ValueError, match="Seq2SeqConfig"):
+        seq2seq_steps(cfg.encoder)
+    with pytest.raises(ValueError, match="batch"):
+        seq2seq_steps(cfg, batch=0)

@@ -23,7 +23,9 @@ import graphviz  # noqa: E402
 
 import npperceiver as npp  # noqa: E402
 from npperceiver.viz import encoder_diagram  # noqa: E402
-from npperceiver.viz.encoder_graph import build_encoder_graph, build_mlm_graph  # noqa: E402
+from npperceiver.seq2seq import Seq2SeqConfig  # noqa: E402
+from npperceiver.trace import SOURCE_ENTERS  # noqa: E402
+from npperceiver.viz.encoder_graph import build_encoder_graph, build_mlm_graph, build_seq2seq_graph  # noqa: E402
 from npperceiver.viz.render import (BAND, LEGEND, STYLE, RenderError, drawn, legend_rows, render,  # noqa: E402
                                     to_dot)
 
@@ -42,6 +44,14 @@ CASES = {
     "language-perceiver": lambda: build_encoder_graph(LP, name="language-perceiver.json"),
     "small mlm": lambda: build_mlm_graph(SMALL, name="small.json"),
     "small mlm op, unrolled": lambda: build_mlm_graph(SMALL, detail="op", unroll=True),
+    "seq2seq autoregressive": lambda: build_seq2seq_graph(Seq2SeqConfig.for_task("digits-to-words"),
+                                                          name="digits-to-words"),
+    "seq2seq queries op": lambda: build_seq2seq_graph(Seq2SeqConfig.for_task("words-to-digits", "queries"),
+                                                      detail="op"),
+    "seq2seq two layers, two blocks, op, unrolled": lambda: build_seq2seq_graph(Seq2SeqConfig(
+        npp.PerceiverConfig(**{**SMALL.to_dict(), "max_position_embeddings": 64}), num_decoder_layers=2,
+        d_decoder=16, num_decoder_heads=2, task="words-to-digits", target_vocab_size=13, max_target_length=7),
+        detail="op", unroll=True),
 }
 
 
@@ -120,7 +130,7 @@ def test_the_picture_is_tidy_and_in_order(case):
                 assert [x for x, _ in found] == sorted(x for x, _ in found) and max(ys) - min(ys) < 5, (t, row)
     # Each mask beside (layer detail: left of) or above (op detail) what it becomes.
     if "masks/attention_mask" in graph.nodes:
-        given = [(x, y) for text, x, y in texts if text == "attention_mask"]
+        given = [(x, y) for text, x, y in texts if text == graph.nodes["masks/attention_mask"].label]
         made = [(x, y) for text, x, y in texts if text == "inputs_mask"][0]
         assert made[1] > given[0][1] if graph.detail == "op" else made[0] > given[0][0]
 
@@ -170,7 +180,8 @@ def _styles_drawn(graph) -> set[tuple]:
     used |= {("node", "operation", "inputs_mask") for n in graph.boxes() if n.kind == "operation" and n.mask}
     for e in graph.edges:
         if drawn(graph, e):
-            style = "dropped" if e.dropped else "compact" if e.into else e.kind
+            style = "dropped" if e.dropped else "compact" if e.into else "marked" if e.remark and e.kind == "data" \
+                else e.kind
             used.add(("edge", style, e.mask if style == "mask" else None))
             if e.into:  # a compact edge is a mask edge too: its colour says which
                 used.add(("edge", "mask", e.mask))
@@ -247,3 +258,35 @@ def test_encoder_diagram_is_the_drawing_as_a_graphviz_source():
 def test_encoder_diagram_shows_itself_in_a_notebook():
     bundle = encoder_diagram(SMALL, detail="layer")._repr_mimebundle_()  # what Jupyter calls to display it
     assert "encoder.cross_attention" in bundle["image/svg+xml"]
+
+
+@needs_dot
+@pytest.mark.parametrize("case", [c for c in CASES if c.startswith("seq2seq")])
+def test_the_translation_picture_shows_where_the_source_enters(case):
+    """The encoder's frame and the decoder's stand apart; the decoder's layers run top to bottom; the words
+    on the latents' edge are drawn, between the encoder's foot and the decoder cross-attention's head."""
+    graph = CASES[case]()
+    root = _svg(graph)
+    nodes, clusters = _bboxes(root, "node"), _bboxes(root, "cluster")
+    assert not _overlap(clusters["cluster_encoder"], clusters["cluster_decoder"])
+    layers = [t for t in graph.nodes if t.endswith("/layer") and t.startswith("decod")]
+    tops = [nodes[t][1] for t in layers]
+    assert layers and tops == sorted(tops) and len(set(tops)) == len(tops)
+    texts = _texts(root)
+    enters = [y for text, _, y in texts if text == SOURCE_ENTERS]
+    crosses = [t for t in layers if "/cross/" in t or t.startswith("decoding")]
+    assert len(enters) == len(crosses)  # one label per decoder cross-attention
+    latents = nodes["output/last_hidden_state"]
+    assert all(latents[1] <= y <= nodes[t][1] + 5 for y, t in zip(sorted(enters), crosses))
+    words = " ".join(t for t, _, _ in texts)
+    assert "perceiver: the Perceiver encoder" in words and graph.clusters["cluster_decoder"].label in words
+
+
+def test_encoder_diagram_draws_the_translation_model():
+    config = Seq2SeqConfig.for_task("words-to-digits", "queries")
+    diagram = encoder_diagram(config, model="seq2seq", detail="op")
+    assert diagram.source == to_dot(build_seq2seq_graph(config, detail="op"))
+    assert encoder_diagram(config, model="seq2seq").source == to_dot(build_seq2seq_graph(config))  # layer detail
+    for model, cfg in (("seq2seq", SMALL), ("encoder", config), ("mlm", config)):
+        with pytest.raises(ValueError, match="Seq2SeqConfig"):
+            encoder_diagram(cfg, model=model)

@@ -30,8 +30,12 @@ its svg, png or pdf bytes.
 Layers are named as on the command line (``npperceiver draw-attention --layer``): ``cross`` (the encoder's
 cross-attention, ``cross_attentions[0]``), ``self:I`` or ``self:I:block J`` (``encoder.self_attends.I`` in
 its J-th application, ``attentions[(J - 1) * S + I]``) and ``decoder`` (``PerceiverForMaskedLM``'s decoding
-cross-attention, ``cross_attentions[1]``). A new kind of attention -- the translation model's decoder
-cross-attention, say -- is one more entry in :data:`LAYER_KINDS`.
+cross-attention, ``cross_attentions[1]``). The translation model (``npperceiver.seq2seq``, its config a
+``Seq2SeqConfig``) has the encoder's ``cross`` and ``self`` layers too, and its decoder's: ``decoder`` or
+``decoder:J`` (a decoder cross-attention, target positions down and latents across, ``cross_attentions[1 +
+J]``) and ``causal`` or ``causal:J`` (the autoregressive decoder's causal self-attention, the future
+positions of every row marked as masked, ``decoder_attentions[J]``). A new kind of attention is one more
+entry in :data:`LAYER_KINDS`.
 """
 
 from __future__ import annotations
@@ -46,6 +50,8 @@ import numpy as np
 
 from npperceiver.config import PerceiverConfig
 from npperceiver.masks import check_keep_mask, get_head_mask
+from npperceiver.seq2seq import Seq2SeqConfig
+from npperceiver.tasks import NUM_TARGET_SPECIALS, Vocabulary
 from npperceiver.text import MLM_DECODER_HEADS
 from npperceiver.tokenizer import NUM_SPECIAL_TOKENS, SPECIAL_TOKENS
 
@@ -81,7 +87,8 @@ class LayerKind:
 @dataclass(frozen=True)
 class AttentionLayer:
     """A layer named as ``--layer`` names it: ``kind`` "cross", "self" or "decoder"; for "self" the index
-    ``index`` of ``encoder.self_attends`` and the application ``block`` (1-based, as ``explain`` counts)."""
+    ``index`` of ``encoder.self_attends`` and the application ``block`` (1-based, as ``explain`` counts). In
+    the translation model also "decoder_cross" and "decoder_self", ``index`` the decoder layer."""
 
     kind: str
     index: Optional[int] = None
@@ -89,29 +96,60 @@ class AttentionLayer:
 
     @property
     def name(self) -> str:
-        """The name ``--layer`` takes: "cross", "self:1:block 2", "decoder"."""
+        """The name ``--layer`` takes: "cross", "self:1:block 2", "decoder"; "decoder:0", "causal:0"."""
+        if self.kind in _DECODER_NAMES:
+            return f"{_DECODER_NAMES[self.kind]}:{self.index}"
         return f"self:{self.index}:block {self.block}" if self.kind == "self" else self.kind
 
-    def module(self, config: PerceiverConfig) -> str:
+    def module(self, config: Union[PerceiverConfig, Seq2SeqConfig]) -> str:
         """The HF module computing this attention, with its application for a repeated self layer."""
+        if self.kind in _DECODER_NAMES:  # the translation model's decoder
+            if config.decoder == "queries":
+                return "decoder.decoding_cross_attention"
+            return f"decoder.layers.{self.index}.{'cross' if self.kind == 'decoder_cross' else 'self'}_attention"
+        config = _encoder(config)
         if self.kind == "self":
             blocks = f", block {self.block} of {config.num_blocks}" if config.num_blocks > 1 else ""
             return f"encoder.self_attends.{self.index}{blocks}"
         return LAYER_MODULES[self.kind]
 
     def slug(self) -> str:
-        """A file-name friendly form: "cross", "self1-block2", "decoder"."""
+        """A file-name friendly form: "cross", "self1-block2", "decoder"; "decoder0", "causal0"."""
+        if self.kind in _DECODER_NAMES:
+            return f"{_DECODER_NAMES[self.kind]}{self.index}"
         return f"self{self.index}-block{self.block}" if self.kind == "self" else self.kind
+
+
+#: The translation decoder's kinds of attention, by the name ``--layer`` gives them.
+_DECODER_NAMES = {"decoder_cross": "decoder", "decoder_self": "causal"}
+_DECODER_RE = re.compile(r"^\s*(decoder|causal)\s*(?::\s*(\d+)\s*)?$", re.I)
+
+
+def _encoder(config: Union[PerceiverConfig, Seq2SeqConfig]) -> PerceiverConfig:
+    """The encoder's config: the config itself, or a translation model's ``encoder``."""
+    return config.encoder if isinstance(config, Seq2SeqConfig) else config
 
 
 LAYER_MODULES = {"cross": "encoder.cross_attention", "decoder": "decoder.decoding_cross_attention"}
 _LAYER_RE = re.compile(r"^\s*self\s*:\s*(\d+)\s*(?::\s*(?:block\s*)?(\d+)\s*)?$", re.I)
 
 
-def parse_layer(name: str, config: PerceiverConfig) -> AttentionLayer:
+def parse_layer(name: str, config: Union[PerceiverConfig, Seq2SeqConfig]) -> AttentionLayer:
     """``"cross"``, ``"decoder"``, ``"self:I"`` (block 1) or ``"self:I:block J"`` (also ``"self:I:J"``),
-    checked against ``config``: ``I`` in 0..S-1 and ``J`` in 1..num_blocks. ``ValueError`` otherwise."""
+    checked against ``config``: ``I`` in 0..S-1 and ``J`` in 1..num_blocks. ``ValueError`` otherwise.
+
+    With a translation model's ``Seq2SeqConfig``: ``"decoder"`` or ``"decoder:J"`` is the cross-attention
+    of decoder layer J (default 0), ``"causal"`` or ``"causal:J"`` its causal self-attention (the
+    autoregressive decoder's only); ``"cross"`` and ``"self:..."`` are the encoder's layers."""
     text = str(name).strip()
+    if isinstance(config, Seq2SeqConfig):
+        match = _DECODER_RE.match(text)
+        if match:
+            return _decoder_layer(name, match[1].lower(), int(match[2] or 0), config)
+        config = config.encoder
+    elif text.lower().startswith("causal"):
+        raise ValueError(f"layer {name!r} does not exist: only the translation model's decoder has a causal "
+                         "self-attention (--model seq2seq)")
     if text.lower() in ("cross", "decoder"):
         return AttentionLayer(text.lower())
     match = _LAYER_RE.match(text)
@@ -127,6 +165,19 @@ def parse_layer(name: str, config: PerceiverConfig) -> AttentionLayer:
     return AttentionLayer("self", index, block)
 
 
+def _decoder_layer(name: str, which: str, index: int, config: Seq2SeqConfig) -> AttentionLayer:
+    """A layer of the translation decoder, checked: it has ``num_decoder_layers`` of them, and the
+    queries decoder one cross-attention and no self-attention."""
+    if which == "causal" and config.decoder == "queries":
+        raise ValueError(f"layer {name!r} does not exist: the queries decoder has no self-attention (its output "
+                         "queries read the latents once: --layer decoder)")
+    L = config.num_decoder_layers
+    if index >= L:
+        raise ValueError(f"layer {name!r} does not exist: the decoder has {L} layer{'s' * (L != 1)} "
+                         f"({which}:0 .. {which}:{L - 1})")
+    return AttentionLayer("decoder_cross" if which == "decoder" else "decoder_self", index)
+
+
 def _attentions(outputs: Any, name: str) -> tuple:
     found = getattr(outputs, name, None)
     if found is None:
@@ -139,7 +190,8 @@ def _cross_probs(outputs: Any, layer: AttentionLayer, config: PerceiverConfig) -
 
 
 def _self_probs(outputs: Any, layer: AttentionLayer, config: PerceiverConfig) -> np.ndarray:
-    return _attentions(outputs, "attentions")[(layer.block - 1) * config.num_self_attends_per_block + layer.index]
+    S = _encoder(config).num_self_attends_per_block
+    return _attentions(outputs, "attentions")[(layer.block - 1) * S + layer.index]
 
 
 def _decoder_probs(outputs: Any, layer: AttentionLayer, config: PerceiverConfig) -> np.ndarray:
@@ -150,7 +202,17 @@ def _decoder_probs(outputs: Any, layer: AttentionLayer, config: PerceiverConfig)
     return cross[1]  # (B, 8, P, N)
 
 
+def _target_cross_probs(outputs: Any, layer: AttentionLayer, config: Seq2SeqConfig) -> np.ndarray:
+    return _attentions(outputs, "cross_attentions")[1 + layer.index]  # (B, Hd, T, N), after the encoder's
+
+
+def _causal_probs(outputs: Any, layer: AttentionLayer, config: Seq2SeqConfig) -> np.ndarray:
+    return _attentions(outputs, "decoder_attentions")[layer.index]  # (B, Hd, T, T)
+
+
 _NO_HEAD_MASK = "head_mask never reaches a cross-attention: HF passes head_mask=None to it"
+_SOURCE_MASK_DONE = ("the source mask does not act here: it acted once, in the encoder's cross-attention; the "
+                     "decoder reads only the latents")
 
 #: Every kind of attention a ``--layer`` can name. The translation model's decoder cross-attention, once it
 #: exists, is one more entry: what its rows and columns are, which masks act, and where its outputs keep it.
@@ -174,6 +236,15 @@ LAYER_KINDS: dict[str, LayerKind] = {
                                    "which its cross-attention drops (no mask in the decoder)",
                  "head_mask": "head_mask never reaches the decoder: HF passes it to the encoder only"},
         heads=lambda config: MLM_DECODER_HEADS, probs=_decoder_probs),
+    # the translation model's decoder (npperceiver.seq2seq), its config a Seq2SeqConfig
+    "decoder_cross": LayerKind(
+        "decoder_cross", "target positions attend to the latents", "target positions", "latents", key_mask=None,
+        head_mask=False, dropped={"attention_mask": _SOURCE_MASK_DONE},
+        heads=lambda config: config.num_decoder_heads, probs=_target_cross_probs),
+    "decoder_self": LayerKind(
+        "decoder_self", "target positions attend to earlier ones (causal)", "target positions",
+        "target positions", key_mask=None, head_mask=False, dropped={"attention_mask": _SOURCE_MASK_DONE},
+        heads=lambda config: config.num_decoder_heads, probs=_causal_probs),
 }
 
 
@@ -229,6 +300,7 @@ class AttentionMap:
     uniform_rows: tuple[int, ...] = ()
     notes: tuple[str, ...] = ()
     hidden_queries: int = 0  # query rows left out (the MLM decoder's positions past the text)
+    future_masked: bool = False  # a causal self-attention: every key after its query is masked (causal_mask)
 
     @property
     def shape(self) -> tuple[int, int]:
@@ -237,9 +309,12 @@ class AttentionMap:
 
     @property
     def masked_cells(self) -> np.ndarray:
-        """(Q, K) bool: True in every cell of a masked key column (the same in every panel)."""
+        """(Q, K) bool: True in every cell of a masked key column, and in a causal self-attention in every
+        cell whose key comes after its query (the same in every panel)."""
         cells = np.zeros(self.shape, bool)
         cells[:, list(self.masked_keys)] = True
+        if self.future_masked:
+            cells |= np.triu(np.ones(self.shape, bool), k=1)
         return cells
 
     @property
@@ -256,7 +331,7 @@ class AttentionMap:
 
 def attention_map(
     outputs: Any,
-    config: PerceiverConfig,
+    config: Union[PerceiverConfig, Seq2SeqConfig],
     layer: Union[str, AttentionLayer] = "cross",
     *,
     head: Union[int, str] = "all",
@@ -265,13 +340,15 @@ def attention_map(
     head_mask: Optional[Any] = None,
     latent_mask: Optional[Any] = None,
     tokens: Optional[Sequence[str]] = None,
+    target_tokens: Optional[Sequence[str]] = None,
 ) -> AttentionMap:
     """Build the figure model of one layer's attention from a model's outputs.
 
     Parameters
     ----------
-    outputs : what ``PerceiverModel`` or ``PerceiverForMaskedLM`` returned with ``output_attentions=True``.
-    config : the model's config.
+    outputs : what ``PerceiverModel``, ``PerceiverForMaskedLM`` or ``PerceiverSeq2Seq`` returned with
+        ``output_attentions=True``.
+    config : the model's config (a ``Seq2SeqConfig`` for the translation model).
     layer : "cross", "self:I", "self:I:block J" or "decoder" (see :func:`parse_layer`).
     head : a head index, or "all" for one panel per head.
     example : the batch row to show.
@@ -280,9 +357,13 @@ def attention_map(
         scaled; a mask that does not act in ``layer`` adds a note saying why.
     tokens : one label per input (e.g. :func:`token_labels`): the key labels of the cross-attention and
         the query labels of the MLM decoder (output position i predicts token i).
+    target_tokens : the translation decoder's: one label per target position (e.g.
+        :func:`target_token_labels`), the query labels of its layers and the key labels of the causal one.
     """
     ref = parse_layer(layer, config) if isinstance(layer, str) else layer
     kind = LAYER_KINDS[ref.kind]
+    if ref.kind not in _DECODER_NAMES:  # the encoder's layers (or the MLM's): read with the encoder's config
+        config = _encoder(config)
     probs = np.asarray(kind.probs(outputs, ref, config))  # (B, H, Q, K)
     B, H, Q, K = probs.shape
     if isinstance(example, bool) or not isinstance(example, (int, np.integer)) or not 0 <= example < B:
@@ -291,6 +372,8 @@ def attention_map(
     M = _attentions(outputs, "cross_attentions")[0].shape[-1]  # the inputs' length, whatever the layer
     if tokens is not None and len(tokens) != M:
         raise ValueError(f"tokens has {len(tokens)} labels but the inputs are {M} long")
+    if target_tokens is not None and ref.kind in _DECODER_NAMES and len(target_tokens) != Q:
+        raise ValueError(f"target_tokens has {len(target_tokens)} labels but the decoder has {Q} target positions")
     given = {"attention_mask": attention_mask, "latent_mask": latent_mask, "head_mask": head_mask}
 
     # Which keys the additive mask acting here removes, for this example.
@@ -322,20 +405,32 @@ def attention_map(
     tokens = tuple(tokens) if tokens is not None else tuple(str(m) for m in range(M))
     query_labels = tokens if ref.kind == "decoder" else tuple(str(q) for q in range(Q))
     key_labels = tokens if kind.keys == "inputs" else tuple(str(k) for k in range(K))
+    if ref.kind in _DECODER_NAMES and target_tokens is not None:
+        query_labels = tuple(target_tokens)
+        key_labels = tuple(target_tokens) if ref.kind == "decoder_self" else key_labels
 
     notes = _notes(kind, ref, config, given, masked_keys, uniform_rows, K, panels, hidden)
-    prefix = "perceiver." if hasattr(outputs, "logits") else ""  # PerceiverForMaskedLM holds the model there
+    if ref.kind in _DECODER_NAMES and target_tokens is not None:  # what the row labels are
+        notes += (("rows: the output queries, each labelled with the target token it predicts",)
+                  if config.decoder == "queries" else
+                  ("rows: the decoder's input, [BOS] then the target shifted right (teacher forcing); row t "
+                   "predicts the token of row t + 1",))
+    # PerceiverForMaskedLM and PerceiverSeq2Seq hold the encoder (and the MLM its decoder) as ``perceiver``
+    prefix = "perceiver." if hasattr(outputs, "logits") and ref.kind not in _DECODER_NAMES else ""
     return AttentionMap(
         layer=ref.name, module=prefix + ref.module(config), what=kind.what, example=int(example), num_heads=H,
         query_name=kind.queries, key_name=kind.keys, query_labels=query_labels, key_labels=key_labels,
-        panels=panels, masked_keys=masked_keys, masked_by=kind.key_mask if masked_keys else None,
-        uniform_rows=uniform_rows, notes=notes, hidden_queries=hidden)
+        panels=panels, masked_keys=masked_keys,
+        masked_by="causal_mask" if ref.kind == "decoder_self" else kind.key_mask if masked_keys else None,
+        uniform_rows=uniform_rows, notes=notes, hidden_queries=hidden, future_masked=ref.kind == "decoder_self")
 
 
-def select_heads(head: Union[int, str], layer: AttentionLayer, config: PerceiverConfig,
+def select_heads(head: Union[int, str], layer: AttentionLayer, config: Union[PerceiverConfig, Seq2SeqConfig],
                  num_heads: Optional[int] = None) -> list[int]:
     """The heads ``head`` names in ``layer``: all of them for "all", else the one index, checked
     (``ValueError`` for a head the layer does not have). ``num_heads`` defaults to the config's."""
+    if layer.kind not in _DECODER_NAMES:
+        config = _encoder(config)
     H = LAYER_KINDS[layer.kind].heads(config) if num_heads is None else num_heads
     module = layer.module(config)
     if isinstance(head, str) and head.strip().lower() == "all":
@@ -353,6 +448,12 @@ def _notes(kind: LayerKind, ref: AttentionLayer, config: PerceiverConfig, given:
            uniform_rows: tuple, K: int, panels: tuple, hidden: int) -> tuple[str, ...]:
     """The sentences printed under the picture, in reading order."""
     notes = []
+    if kind.kind == "decoder_self":
+        notes.append("masked cells (causal_mask): a key after its query gets float32's minimum, so softmax gives "
+                     "it exactly 0; row t reads positions 0..t only. Target padding needs no mask of its own: after "
+                     "[EOS], the causal mask hides it from every real position")
+    elif kind.kind == "decoder_cross":
+        notes.append("no mask: every latent is real; the source reaches the decoder only through these latents")
     if uniform_rows:
         notes.append(f"every key is masked ({kind.key_mask} all 0 in this example): HF adds float32's minimum to "
                      f"every score, so softmax is uniform, 1/{K} = {_number(1 / K)} for every key, masked ones "
@@ -388,6 +489,14 @@ def _number(x: float) -> str:
 
 
 # ---------------------------------------------------------------------------------------------- labels
+def target_token_labels(target_ids: Sequence[int], vocab: Vocabulary) -> tuple[str, ...]:
+    """A label per target id of the translation task (``npperceiver.tasks``): ``[PAD]``, ``[BOS]``,
+    ``[EOS]``, or the word or digit."""
+    specials = ("[PAD]", "[BOS]", "[EOS]")
+    return tuple(specials[i] if i < NUM_TARGET_SPECIALS else vocab.tokens[i - NUM_TARGET_SPECIALS]
+                 for i in map(int, target_ids))
+
+
 def token_labels(input_ids: Sequence[int]) -> tuple[str, ...]:
     """A short label per token id: ``[CLS]`` for a special token, the character for a printable byte
     (``␣`` for a space), ``\\xc3`` for any other byte."""
@@ -411,7 +520,7 @@ def attention_table(amap: AttentionMap, decimals: int = 3) -> str:
     heads = "all heads" if len(amap.panels) == amap.num_heads else f"{len(amap.panels)} of {amap.num_heads} heads"
     lines = [f"{amap.title}, {heads}",
              f"rows: {Q} {amap.query_name} (queries); columns: {K} {amap.key_name} (keys)"
-             + (f"; x = masked by {amap.masked_by}" if amap.masked_keys else "")]
+             + (f"; x = masked by {amap.masked_by}" if amap.masked_keys or amap.future_masked else "")]
     lines += [f"note: {n}" for n in amap.notes]
     headers = [label + ("x" if k in marked else "") for k, label in enumerate(amap.key_labels)]
     width = max([decimals + 2, *map(len, headers)])
@@ -419,8 +528,10 @@ def attention_table(amap: AttentionMap, decimals: int = 3) -> str:
     for panel in amap.panels:
         lines += ["", panel.title]
         lines.append(" " * row_width + "".join(f" {h:>{width}}" for h in headers))
-        for label, row in zip(amap.query_labels, panel.probs):
-            lines.append(f"{label:>{row_width}}" + "".join(f" {p:>{width}.{decimals}f}" for p in row))
+        future = amap.masked_cells if amap.future_masked else np.zeros(amap.shape, bool)
+        for label, row, masked in zip(amap.query_labels, panel.probs, future):
+            lines.append(f"{label:>{row_width}}" + "".join(f" {'x':>{width}}" if m else f" {p:>{width}.{decimals}f}"
+                                                             for p, m in zip(row, masked)))
     return "\n".join(lines) + "\n"
 
 
@@ -470,7 +581,8 @@ def attention_figure(amap_or_outputs: Union[AttentionMap, Any], config: Optional
     width = max(ncols * (panel_w + 0.8) + 1.2, 0.09 * len(amap.title) + 0.6)  # the title fits at 10 pt
     chars = max(60, int(width * 15))  # note characters per line at 7.5 pt
     notes = [_wrap(f"• {n}", chars) for n in amap.notes]
-    notes_h = 0.16 * sum(n.count("\n") + 1 for n in notes) + (0.3 if amap.masked_keys else 0.0) + 0.1
+    marked = amap.masked_keys or amap.future_masked  # masked cells to hatch and explain
+    notes_h = 0.16 * sum(n.count("\n") + 1 for n in notes) + (0.3 if marked else 0.0) + 0.1
     plots_h = nrows * (panel_h + 0.95) + 0.7
     fig = Figure(figsize=(width, plots_h + notes_h), layout="constrained")
     top, bottom = fig.subfigures(2, 1, height_ratios=[plots_h, notes_h])
@@ -482,6 +594,10 @@ def attention_figure(amap_or_outputs: Union[AttentionMap, Any], config: Optional
         for k in amap.masked_keys:  # hatch the masked key columns, over whatever value they hold
             ax.add_patch(patches.Rectangle((k - 0.5, -0.5), 1, Q, fill=False, hatch="////",
                                            edgecolor=MASKED_COLOUR, linewidth=0.0))
+        if amap.future_masked:  # a causal self-attention: in row q, the cells of the keys after q
+            for q in range(min(Q, K - 1)):
+                ax.add_patch(patches.Rectangle((q + 0.5, q - 0.5), K - 1 - q, 1, fill=False, hatch="////",
+                                               edgecolor=MASKED_COLOUR, linewidth=0.0))
         if amap.uniform_rows:
             ax.text((K - 1) / 2, (Q - 1) / 2,
                     f"every key masked:\nuniform 1/{K} = {_number(panel.head_scale / K)}\n(HF's behaviour)",
@@ -497,9 +613,10 @@ def attention_figure(amap_or_outputs: Union[AttentionMap, Any], config: Optional
     bar.ax.tick_params(labelsize=7)
     top.suptitle(f"{amap.title}\nqueries ({amap.query_name}) down, keys ({amap.key_name}) across", fontsize=10)
     y = 1.0
-    if amap.masked_keys:
-        bottom.legend(handles=[patches.Patch(facecolor="white", edgecolor=MASKED_COLOUR, hatch="////",
-                                             label=f"masked key ({amap.masked_by} = 0)")],
+    if marked:
+        what = "masked: a later position (causal_mask)" if amap.future_masked else \
+            f"masked key ({amap.masked_by} = 0)"
+        bottom.legend(handles=[patches.Patch(facecolor="white", edgecolor=MASKED_COLOUR, hatch="////", label=what)],
                       loc="upper left", bbox_to_anchor=(0.0, 1.0), fontsize=8, frameon=False)
         y -= 0.3 / notes_h
     if notes:

@@ -3,7 +3,10 @@
 :func:`build_encoder_graph` reads the forward trace (:func:`npperceiver.trace.encoder_steps`), the one the
 ``explain`` table prints and the tests execute against the model, so every box shows steps of the real
 forward pass, worded as the trace words them, with the shape their array has. :func:`build_mlm_graph`
-does the same for the masked language model (:func:`npperceiver.trace.mlm_steps`).
+does the same for the masked language model (:func:`npperceiver.trace.mlm_steps`), and
+:func:`build_seq2seq_graph` for the translation model (:func:`npperceiver.trace.seq2seq_steps`): the
+encoder and the decoder each in a frame, and the latents' edge into every decoder cross-attention marked
+as where the source enters the decoder.
 
 Each group of steps (a layer, the inputs, the masks, ...) is a table titled by
 :func:`npperceiver.trace.scope_title`, its parts the boxes of its steps. A layer's first row is where it
@@ -19,12 +22,17 @@ edges that list every step they reach.
 
 from __future__ import annotations
 
+import re
 from dataclasses import replace
-from itertools import groupby
-from typing import Optional
+from itertools import groupby, zip_longest
+from typing import Optional, Union
 
 from npperceiver.config import PerceiverConfig
-from npperceiver.trace import Dim, Step, block_title, encoder_steps, format_shape, mlm_steps, scope_title
+from npperceiver.seq2seq import Seq2SeqConfig
+from npperceiver.trace import (
+    SOURCE_ENTERS, Dim, Step, block_title, encoder_steps, format_shape, mlm_steps, part_title, scope_title,
+    seq2seq_steps,
+)
 
 from .graph import Cluster, Edge, Graph, Node
 
@@ -40,7 +48,8 @@ ROW_LAYERS = 4
 #: The mask family of each mask step, by the id of the step; the renderer colours by family.
 MASK_FAMILY = {"masks/attention_mask": "inputs_mask", "masks/inputs_mask": "inputs_mask",
                "masks/latent_mask": "attention_mask", "masks/attention_bias": "attention_mask",
-               "masks/head_mask": "head_mask", "masks/head_mask_5d": "head_mask"}
+               "masks/head_mask": "head_mask", "masks/head_mask_5d": "head_mask",
+               "masks/causal_mask": "causal_mask", "target/padding": "target_padding"}
 
 #: Op detail: steps drawn in the box of an earlier step of their layer. The split into heads goes with its
 #: projection, the merge of the heads with the product by the values, the query residual with the output
@@ -102,13 +111,27 @@ def build_mlm_graph(config: PerceiverConfig, *, detail: str = "layer", unroll: b
     return _Builder(config, steps, "mlm", detail, unroll, masks, compact, name).build()
 
 
+def build_seq2seq_graph(config: Seq2SeqConfig, *, detail: str = "layer", unroll: bool = False, batch: Dim = "B",
+                        seq_len: Dim = "M", masks: bool = True, name: str = "",
+                        compact: Optional[bool] = None) -> Graph:
+    """The translation model of ``config`` (``npperceiver.seq2seq.PerceiverSeq2Seq``, either decoder) as a
+    graph: the source's embedding, the Perceiver encoder framed, the target (or the output queries), the
+    decoder framed, the logits and the loss; the source padding mask into the encoder's cross-attention,
+    the causal mask into each decoder self-attention, the target padding into the loss, and the latents
+    into each decoder cross-attention, the edge marked as where the source enters the decoder. Options as
+    :func:`build_encoder_graph`; ``ValueError`` for a config that is not a ``Seq2SeqConfig``."""
+    steps = seq2seq_steps(config, batch=batch, seq_len=seq_len)
+    return _Builder(config.encoder, steps, "seq2seq", detail, unroll, masks, compact, name, full=config).build()
+
+
 def _plural(n: int, word: str) -> str:
     return f"{n} {word}{'s' * (n != 1)}"
 
 
 class _Builder:
     def __init__(self, config: PerceiverConfig, steps: list[Step], model: str, detail: str, unroll: bool,
-                 masks: bool, compact: Optional[bool], name: str):
+                 masks: bool, compact: Optional[bool], name: str,
+                 full: Optional[Union[PerceiverConfig, Seq2SeqConfig]] = None):
         if detail not in DETAILS:
             raise ValueError(f"detail must be one of {', '.join(DETAILS)}, got {detail!r}")
         if not unroll:  # the block drawn once: its first application, whose output stands for the last
@@ -118,6 +141,7 @@ class _Builder:
             steps = [replace(s, inputs=tuple(i if i in ids else out for i in s.inputs)) for s in kept]
         self.cfg, self.model, self.detail, self.unroll, self.masks = config, model, detail, unroll, masks
         self.name = name
+        self.full = config if full is None else full  # the model's config, as the trace's titles take it
         self.steps, self.by_id = steps, {s.id: s for s in steps}
         self.compact = drawn_self_layers(config, unroll) > COMPACT_LAYERS if compact is None else compact
         self.g = Graph()
@@ -134,12 +158,12 @@ class _Builder:
         for scope, group in groupby(self.steps, key=lambda s: s.scope):
             group = list(group)
             if _is_layer(scope):
-                self.layer(group, self.block_cluster(group[0]))
+                self.layer(group, self.block_cluster(group[0]) or self.frame(scope))
             elif scope == "output":
                 for s in group:
-                    self.box(s.id, [s], None)
+                    self.box(s.id, [s], self.frame(s.id))
             elif scope != "masks" or self.masks:  # the inputs, the masks, the decoder's queries, ...
-                self.group(group)
+                self.group(group, self.frame(scope))
         for s in self.steps:
             self.edges_into(s)
         self.compact_edges()
@@ -160,6 +184,14 @@ class _Builder:
                  f"{cfg.hidden_act}",
                  f"cross-attention {_plural(c.num_heads, 'head')} · self-attention {S} × {NB} = "
                  f"{_plural(S * NB, 'layer')} applied, {_plural(s.num_heads, 'head')}")
+        if self.model == "seq2seq":
+            full = self.full
+            return (f"Perceiver encoder–decoder, {part_title(full, 'decoder')[0].split(': ')[1]}{name}",
+                    (f"PerceiverSeq2Seq · B batch, M source bytes · {how}",
+                     f"decoder: T = {full.max_target_length} target positions · E = {full.d_decoder} · "
+                     f"Hd = {_plural(full.num_decoder_heads, 'head')} · V = {full.target_vocab_size} target tokens"
+                     + (f" · {_plural(full.num_decoder_layers, 'layer')}" if full.decoder == "autoregressive" else ""),
+                     *sizes))
         if self.model == "mlm":
             return (f"Perceiver IO masked language model{name}",
                     (f"PerceiverForMaskedLM · B batch, M tokens · {how}",
@@ -167,6 +199,23 @@ class _Builder:
         return f"Perceiver encoder{name}", (f"PerceiverModel · B batch, M inputs · {how}", *sizes)
 
     # ------------------------------------------------------------------ clusters
+    def frame(self, scope: str) -> Optional[str]:
+        """The translation model's frame around the encoder's or the decoder's steps, made on first use; None
+        for the inputs, masks, target, logits and loss (and in every other model)."""
+        if self.model != "seq2seq":
+            return None
+        if scope in ("cross", "output/last_hidden_state") or scope.startswith("block"):
+            part = "encoder"
+        elif scope.startswith("decod") or scope == "head":
+            part = "decoder"
+        else:
+            return None
+        cid = f"cluster_{part}"
+        if cid not in self.g.clusters:
+            title, what = part_title(self.full, part)
+            self.g.add_cluster(Cluster(cid, title, (what,), None, "part"))
+        return cid
+
     def block_cluster(self, s: Step) -> Optional[str]:
         """The cluster of the layer's self-attention block (None for a cross-attention), made on first use.
         Unrolled with several blocks, the blocks stand in one cluster of their own."""
@@ -175,7 +224,8 @@ class _Builder:
         NB = self.cfg.num_blocks
         outer = "cluster_blocks" if self.unroll and NB > 1 else None
         cid = f"cluster_block{s.block}" if self.unroll else "cluster_block"
-        for c, parent, b in ((outer, None, None), (cid, outer, s.block if self.unroll else None)):
+        base = self.frame("cross")  # the encoder's frame, in the translation model
+        for c, parent, b in ((outer, base, None), (cid, outer or base, s.block if self.unroll else None)):
             if c is not None and c not in self.g.clusters:
                 title, _, what = block_title(self.cfg, b if c != outer else None).partition(": ")
                 self.g.add_cluster(Cluster(c, title, (what,) if what else (), parent, "block", block=b))
@@ -189,7 +239,7 @@ class _Builder:
         kind = {"input": "tensor", "output": "tensor", "parameter": "parameter", "mask": "mask"}.get(
             steps[0].kind, "operation")
         source = next((s.mask_source for s in steps if s.mask_source), None)
-        family = MASK_FAMILY.get(steps[0].id, MASK_FAMILY.get(source))
+        family = MASK_FAMILY.get(steps[0].id, MASK_FAMILY.get(source)) if self.masks else None
         notes = tuple(pretty(s.note) for s in steps if s.note and (self.masks or "mask" not in s.note))
         self.g.add_node(Node(node_id, kind, pretty(steps[0].name if label is None else label),
                              tuple(pretty(s.op) for s in steps) if lines is None else lines,
@@ -199,23 +249,32 @@ class _Builder:
             self.drawn_as[s.id] = node_id
         return node_id
 
-    def group(self, steps: list[Step]) -> None:
+    def group(self, steps: list[Step], cluster: Optional[str] = None) -> None:
         """A group of steps that is not a layer (the inputs, the masks, the text preprocessor, ...): a table
         titled by the trace, a box per step. The latents come before the inputs, as the query side comes
         before the keys and values; each mask stands beside what it becomes (op detail: above it); the text
-        preprocessor shows what it is given over what it computes."""
+        preprocessor shows what it is given over what it computes. Without masks, a mask among other steps
+        (the target's padding) is left out."""
+        steps = [s for s in steps if self.masks or s.kind != "mask" or s.scope == "masks"]
         by_name = {s.id.rsplit("/", 1)[1]: s.id for s in steps}
-        boxes = {s.id: self.box(s.id, [s], None) for s in steps}
+        boxes = {s.id: self.box(s.id, [s], cluster) for s in steps}
+        embedded = [["embeddings", "token_embeddings"], ["position_embeddings", "inputs"]]
         rows = {"inputs": [["latents"], ["embeddings", "inputs"]],
-                "text": [["input_ids"], ["embeddings", "token_embeddings"], ["position_embeddings", "inputs"]],
+                "text": [["input_ids"], *embedded],
+                "source": [["source_ids"], *embedded],
+                "target": [["target_ids", "padding"]],
+                "decoder_inputs": [["decoder_input_ids"], *embedded],
                 "decoder_query": [["output_position_encodings"], ["queries"]],
+                "queries": [["output_position_encodings"], ["queries"]],
+                "head": [["layernorm"], ["lm_head"]],
+                "loss": [["labels"], ["loss"]],
                 "masks": [["attention_mask", "inputs_mask"], ["latent_mask", "attention_bias"],
-                          ["head_mask", "head_mask_5d"]]}.get(steps[0].scope, [list(by_name)])
+                          ["head_mask", "head_mask_5d"], ["causal_mask"]]}.get(steps[0].scope, [list(by_name)])
         if steps[0].scope == "masks" and self.detail == "op":  # above what it becomes, not beside it
-            rows = [list(r) for r in zip(*rows)]
+            rows = [list(r) for r in zip_longest(*rows)]
         rows = [[boxes[by_name[n]] for n in row if n in by_name] for row in rows]
-        title, _, what = scope_title(steps[0], self.cfg, self.model).partition(": ")
-        self.g.add_node(Node(f"{steps[0].scope}/group", "table", title, (what,) if what else (),
+        title, _, what = scope_title(steps[0], self.full, self.model, masks=self.masks).partition(": ")
+        self.g.add_node(Node(f"{steps[0].scope}/group", "table", title, (what,) if what else (), cluster=cluster,
                              parts=tuple(tuple(r) for r in rows if r)))
 
     def layer(self, steps: list[Step], block: Optional[str]) -> None:
@@ -263,10 +322,11 @@ class _Builder:
         for s in steps:
             if s.mask is not None and not self.masks:
                 self.drawn_as[s.id] = self.drawn_as[s.inputs[0]]
-        title, _, doing = scope_title(steps[0], self.cfg, self.model, rolled=not self.unroll,
+        title, _, doing = scope_title(steps[0], self.full, self.model, rolled=not self.unroll,
                                       masks=self.masks).partition(": ")
         self.g.add_node(Node(f"{scope}/layer", "table", title, () if one_row else (doing,), cluster=block,
-                             module=steps[0].module.split(".attention")[0], parts=tuple(map(tuple, parts))))
+                             module=re.split(r"\.(?:attention|self)\.", steps[0].module)[0],
+                             parts=tuple(map(tuple, parts))))
 
     # ------------------------------------------------------------------ edges
     def edges_into(self, s: Step) -> None:
@@ -284,12 +344,15 @@ class _Builder:
         for src in s.inputs:
             if src in self.drawn_as:
                 mask = MASK_FAMILY.get(src)
-                edge(src, "mask" if mask else "data", format_shape(self.by_id[src].shape), mask=mask)
+                enters = self.model == "seq2seq" and src == "output/last_hidden_state"  # into the decoder
+                edge(src, "mask" if mask else "data", format_shape(self.by_id[src].shape), mask=mask,
+                     remark=SOURCE_ENTERS if enters else "")
         if s.residual is not None:
             edge(s.residual, "residual", format_shape(self.by_id[s.residual].shape))
         if s.mask_source in self.drawn_as and s.mask is not None:
             label = self.mask_label(s)
-            block = ([None, *g.ancestors(g.nodes[head].cluster)])[-1]  # the outermost block frame
+            blocks = [c for c in g.ancestors(g.nodes[head].cluster) if g.clusters[c].role == "block"]
+            block = ([None, *blocks])[-1]  # the outermost block frame
             if self.compact and block and s.mask_source != "masks/inputs_mask":
                 self.reached.setdefault((s.mask_source, block), []).append((head, label))
             else:
@@ -320,5 +383,6 @@ class _Builder:
 
 
 def _is_layer(scope: str) -> bool:
-    """Whether a scope of the trace is a PerceiverLayer: cross, decoder, block{b}/self{i}."""
-    return scope in ("cross", "decoder") or "/self" in scope
+    """Whether a scope of the trace is a PerceiverLayer (or the translation decoder's PerceiverAttention):
+    cross, decoder, block{b}/self{i}; decoder{j}/self, decoder{j}/cross, decoding."""
+    return scope in ("cross", "decoder", "decoding") or "/self" in scope or scope.endswith("/cross")

@@ -46,6 +46,7 @@ STYLE: dict = {
     },
     "edge": {
         "data": dict(color="#3C3C3C", penwidth="1.2"),
+        "marked": dict(color="#3C3C3C", fontcolor="#3C3C3C", penwidth="2.6"),  # a data edge with words on it
         "loop": dict(color="#2F6DB0", fontcolor="#2F6DB0", penwidth="2.2", constraint="false"),
         "mask": dict(style="dashed", penwidth="1.6", weight="0"),
         "dropped": dict(style="dotted", penwidth="1.6", arrowhead="tee", weight="0"),
@@ -55,9 +56,15 @@ STYLE: dict = {
     #: told apart with colour-blindness and in grey).
     "mask": {"inputs_mask": dict(color="#D55E00", fill="#FCE6D8"),
              "attention_mask": dict(color="#009E73", fill="#D9F2EA"),
-             "head_mask": dict(color="#CC79A7", fill="#F7E3EF")},
+             "head_mask": dict(color="#CC79A7", fill="#F7E3EF"),
+             # the translation model's: the decoder's causal mask, the target's padding (into the loss)
+             "causal_mask": dict(color="#0072B2", fill="#DCEBF7"),
+             "target_padding": dict(color="#E69F00", fill="#FCEFD2")},
     "cluster": {"block": dict(fontname=FONT, fontsize=str(TEXT_SIZE), labeljust="l", margin="8", style="rounded",
-                              color="#2F6DB0", penwidth="2.2")},
+                              color="#2F6DB0", penwidth="2.2"),
+                # the translation model's encoder and decoder
+                "part": dict(fontname=FONT, fontsize=str(TITLE_SIZE - 4), labeljust="l", margin="10",
+                             style="rounded,dashed", color="#7A7A7A", penwidth="1.6")},
 }
 
 #: What the legend says about each style, in order: (what, style key, mask family or None, text).
@@ -67,14 +74,19 @@ LEGEND = (
     ("node", "operation", "inputs_mask", "a mask acts here"),
     ("node", "table", None, "a module: its steps"),
     ("cluster", "block", None, "self-attention block: same weights each time"),
+    ("cluster", "part", None, "the encoder, the decoder"),
     ("edge", "data", None, "data"),
+    ("edge", "marked", None, "data, where the text says"),
     ("edge", "loop", None, "block applied again"), ("edge", "dropped", None, "HF drops the mask here"),
     ("edge", "compact", None, "into a block: its every layer"),
     ("edge", "mask", "inputs_mask", "attention_mask → inputs_mask"),
     ("edge", "mask", "attention_mask", "latent_mask → the encoder's attention_mask"),
     ("edge", "mask", "head_mask", "head_mask, row i → layer i"),
+    ("edge", "mask", "causal_mask", "causal mask → each decoder self-attention"),
+    ("edge", "mask", "target_padding", "target padding → the loss (label -100)"),
 )
-_GLYPHS = {"data": "──▶", "loop": "━━▶", "mask": "╌╌▶", "dropped": "┈┈┤", "compact": "╍╍▶"}
+_GLYPHS = {"data": "──▶", "marked": "━━▶", "loop": "━━▶", "mask": "╌╌▶", "dropped": "┈┈┤",
+           "compact": "╍╍▶"}
 
 
 # ---------------------------------------------------------------------------- DOT
@@ -125,8 +137,9 @@ def _band(graph: Graph) -> list[str]:
     masks on the side where they enter the steps applying them (:func:`_mask_side`)."""
     band = [n for n in graph.nodes_in(None) if n.kind == "table" and not _fed(graph, n)]
     masks = [n.id for n in band if all(graph.nodes[p].kind == "mask" for row in n.parts for p in row)]
-    others = [n.id for n in band if n.id not in masks]
-    return masks + others if _mask_side(graph) == "w" else others + masks
+    target = [n.id for n in band if n.id == "target/group"]  # the translation model's target: by the decoder
+    others = [n.id for n in band if n.id not in masks + target]
+    return (masks + others if _mask_side(graph) == "w" else others + masks) + target
 
 
 def _mask_side(graph: Graph) -> str:
@@ -192,13 +205,22 @@ def _node_attrs(n: Node) -> dict:
     return {**attrs, **({"tooltip": tooltip} if tooltip else {})}
 
 
+def _edge_style(e: Edge) -> str:
+    """The key of an edge's style in ``STYLE["edge"]``: a dropped or compact mask edge, a data edge with words
+    on it (the latents entering the translation decoder), else its kind."""
+    return ("dropped" if e.dropped else "compact" if e.into else "marked" if e.kind == "data" and e.remark
+            else e.kind)
+
+
 def _edge_attrs(e: Edge) -> dict:
     """An edge's style; its words by its head (an edge label would double every rank's height). Mask edges
     weigh nothing: the layers stand under the inputs they read, not pulled towards the masks."""
-    attrs = dict(STYLE["edge"]["dropped" if e.dropped else "compact" if e.into else e.kind])
+    attrs = dict(STYLE["edge"][_edge_style(e)])
     if e.mask is not None:
         attrs.update(color=STYLE["mask"][e.mask]["color"], fontcolor=STYLE["mask"][e.mask]["color"])
-    if e.remark:  # by the arrow's end; a compact edge's end is inside the block, so by its middle
+    if e.remark and e.kind == "data":  # the one data edge with words: a label of its own, in bold, given room
+        attrs["label"] = f"<<B>{_esc(e.remark)}</B>>"
+    elif e.remark:  # by the arrow's end; a compact edge's end is inside the block, so by its middle
         attrs["xlabel" if e.into else "headlabel"] = f"<{_esc(e.remark)}>"
     if e.into is not None:
         attrs["lhead"] = e.into
@@ -336,14 +358,17 @@ def _title(graph: Graph, legend: bool) -> str:
 
 
 def legend_rows(graph: Graph) -> list[tuple]:
-    """The legend's entries for the styles ``graph`` draws, and only those."""
+    """The legend's entries for the styles ``graph`` draws, and only those; the padding mask named as the
+    model names it (the translation model's ``source_mask``)."""
     used = {("node", n.kind, None) for n in graph.nodes.values()}
     used |= {("node", "operation", "inputs_mask") for n in graph.boxes() if n.kind == "operation" and n.mask}
     for e in (e for e in graph.edges if drawn(graph, e)):
-        style = "dropped" if e.dropped else "compact" if e.into else e.kind
+        style = _edge_style(e)
         used |= {("edge", style, e.mask if style == "mask" else None), ("edge", "mask", e.mask)}
     used |= {("cluster", c.role, None) for c in graph.clusters.values()}
-    return [row for row in LEGEND if row[:3] in used]
+    given = graph.nodes["masks/attention_mask"].label if "masks/attention_mask" in graph.nodes else "attention_mask"
+    rename = ("attention_mask → inputs_mask", f"{given} → inputs_mask")  # the padding mask, as the model names it
+    return [(*row[:3], row[3].replace(*rename)) for row in LEGEND if row[:3] in used]
 
 
 def legend_table(graph: Graph) -> str:
