@@ -15,7 +15,7 @@ they miss. The mutants come in groups, each scored by its own tests (:data:`GROU
   decoding, scored by the hypothesis properties of ``tests/test_seq2seq.py`` alone (its unit and parity
   tests left out).
 
-    python -m tests.mutate                     # every group (about ten minutes on 2 cores, most of it forward)
+    python -m tests.mutate                     # every group (a quarter of an hour on 2 cores, most of it forward)
     python -m tests.mutate --group backward    # one group: forward, backward, causal or all
     python -m tests.mutate -k stream           # only the mutants whose name contains "stream"
     python -m tests.mutate --check             # no test run: is every snippet still in the code?
