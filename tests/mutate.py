@@ -420,8 +420,8 @@ BACKWARD_MUTANTS: tuple[Mutant, ...] = _in_group(
     Mutant("tied-embedding-counts-one-use", TEXT, 'preprocessor_grads["embeddings"]["weight"] += d_token_embedding',
            'preprocessor_grads["embeddings"]["weight"] = d_token_embedding',
            "the tied token embedding gets the output projection's gradient only, not the input lookup's"),
-    Mutant("embedding-backward-no-scatter-add", TEXT, "np.add.at(d_tokens, input_ids, d_inputs)",
-           "d_tokens[input_ids] = d_inputs", "a token seen twice keeps one occurrence's gradient (no scatter-add)"),
+    Mutant("embedding-backward-no-scatter-add", TEXT, "np.add.reduceat(rows[order], starts, axis=0)",
+           "rows[order][starts]", "a token seen twice keeps its first occurrence's gradient (no scatter-add)"),
     Mutant("position-gradient-row-0-only", TEXT, "d_positions[:input_ids.shape[1]] = d_inputs.sum(axis=0)",
            "d_positions[:input_ids.shape[1]] = d_inputs[0]", "the input positions get batch row 0's gradient only"),
     Mutant("decoder-query-gradient-batch-mean", TEXT, "    return d_out.sum(axis=0)\n",
@@ -472,6 +472,9 @@ BACKWARD_MUTANTS: tuple[Mutant, ...] = _in_group(
            "does not depend on b, and the function never reads it"),
 )
 
+LOSS_LABELS = ("labels = np.where(target_ids == PAD_ID, IGNORE_INDEX, target_ids)  # (B, T): padding -> -100\n"
+               "    return masked_lm_loss(logits, labels)")  # the forward's loss (its backward has the same line)
+
 #: Bugs of the sequence-to-sequence model's causal mask, teacher forcing, loss and greedy decoding (its forward:
 #: the backward of that model is not mutated here).
 CAUSAL_MUTANTS: tuple[Mutant, ...] = _in_group(
@@ -499,10 +502,11 @@ CAUSAL_MUTANTS: tuple[Mutant, ...] = _in_group(
            "teacher forcing starts with the first target token instead of [BOS]"),
     Mutant("shift-right-starts-with-pad", SEQ2SEQ, "bos = np.full((target_ids.shape[0], 1), BOS_ID,",
            "bos = np.full((target_ids.shape[0], 1), PAD_ID,", "teacher forcing starts with [PAD] instead of [BOS]"),
-    Mutant("loss-counts-padding", SEQ2SEQ, "labels = np.where(target_ids == PAD_ID, IGNORE_INDEX, target_ids)",
-           "labels = target_ids", "the loss counts the [PAD] positions after [EOS]"),
-    Mutant("loss-leaves-out-eos", SEQ2SEQ, "labels = np.where(target_ids == PAD_ID, IGNORE_INDEX, target_ids)",
-           "labels = np.where((target_ids == PAD_ID) | (target_ids == EOS_ID), IGNORE_INDEX, target_ids)",
+    Mutant("loss-counts-padding", SEQ2SEQ, LOSS_LABELS, LOSS_LABELS.replace(
+           "np.where(target_ids == PAD_ID, IGNORE_INDEX, target_ids)", "target_ids"),
+           "the loss counts the [PAD] positions after [EOS]"),
+    Mutant("loss-leaves-out-eos", SEQ2SEQ, LOSS_LABELS, LOSS_LABELS.replace(
+           "target_ids == PAD_ID", "(target_ids == PAD_ID) | (target_ids == EOS_ID)"),
            "the loss leaves [EOS] out (the model never learns to stop)"),
     Mutant("generate-feeds-the-first-token", SEQ2SEQ, "prefix = np.concatenate([prefix, out[:, t:t + 1]], axis=1)",
            "prefix = np.concatenate([prefix, out[:, :1]], axis=1)",
