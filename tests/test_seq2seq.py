@@ -201,6 +201,18 @@ def test_a_prefix_gives_the_same_logits_as_the_whole_sequence(case, data):
     np.testing.assert_allclose(prefix, whole[:, :t], rtol=1e-5, atol=1e-5 * max(1.0, np.abs(whole).max()))
 
 
+@given(case=cases("autoregressive"), data=st.data())
+def test_teacher_forcing_reads_bos_and_the_targets_before_each_position(case, data):
+    """Teacher forcing is what decoding would see: the logits at position t are the decoder's on the prefix
+    ``[BOS] y_1 .. y_t`` (built here without shift_right), to float32 rounding -- never a later target token."""
+    model, ids, keep, targets = case
+    t = data.draw(st.integers(0, targets.shape[1] - 1), label="position")
+    prefix = np.concatenate([np.full((targets.shape[0], 1), BOS_ID), targets[:, :t]], axis=1)  # (B, t+1)
+    forced = model(ids, keep, targets).logits[:, t]  # (B, V)
+    alone = model.decode(model.encode(ids, keep), prefix)[:, t]  # (B, V)
+    np.testing.assert_allclose(forced, alone, rtol=1e-5, atol=1e-5 * max(1.0, np.abs(forced).max()))
+
+
 # ---------------------------------------------------------------------- padding
 @given(case=cases(), data=st.data())
 def test_source_padding_never_influences_anything(case, data):
