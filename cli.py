@@ -1032,7 +1032,7 @@ def _resume_state(path: str, params: dict, explicit: set, corpus_id: dict):
 
 # ============================================================================ translation: train-translate, translate
 #: train-translate's default --steps per task: the recipe, checked in NumPy (docs/translation.md).
-DEFAULT_STEPS = {"digits-to-words": 1000, "words-to-digits": 1500}
+DEFAULT_STEPS = {"digits-to-words": 1000, "words-to-digits": 2000}
 
 
 @main.command("train-translate", short_help="Train a Perceiver to translate numbers between digits and words.")
@@ -1144,8 +1144,9 @@ def _translate_loop(state, schedule, output: str) -> None:
         recent = state.train_loss[-settings["eval_every"]:]
         train = f"; train loss {np.mean(recent):.3f}" if recent else ""
         end_bar_line = "\n" if sys.stderr.isatty() else ""  # the progress bar's line is still open there
+        clock = f" [{spent['wall']:.1f} s training, {spent['cpu']:.1f} s CPU]" if state.step > first_step else ""
         click.echo(f"{end_bar_line}step {state.step}: held-out exact match {result.exact:.2%} (by length 1-6: "
-                   f"{_by_length(result.row(state.step)[2:])}){train}", err=True)
+                   f"{_by_length(result.row(state.step)[2:])}){train}{clock}", err=True)
 
     def save() -> None:
         tensors = translation.checkpoint_tensors(state)
@@ -1157,15 +1158,19 @@ def _translate_loop(state, schedule, output: str) -> None:
         return len(recent) == 2 and all(min(row[1:]) >= translation.TARGET for row in recent)
 
     started, started_cpu = time.perf_counter(), time.process_time()
+    spent = {"wall": 0.0, "cpu": 0.0}  # in the updates alone, evaluations and checkpoints left out
     try:
         if state.step == 0:
             evaluate()  # before the first update: the "before" of the run's numbers
         with click.progressbar(length=settings["steps"] - first_step, label="train-translate", file=sys.stderr,
                                item_show_func=lambda text: text, show_eta=True) as bar:
             while state.step < settings["steps"]:
+                wall, cpu = time.perf_counter(), time.process_time()
                 batch = translation.training_batch(task, split, state.rng, B)
                 loss, _ = translation.train_step(model, state.optimizer, batch, schedule.lr_at(state.step),
                                                  schedule.max_grad_norm)
+                spent["wall"] += time.perf_counter() - wall
+                spent["cpu"] += time.process_time() - cpu
                 state.step += 1
                 state.train_loss.append(loss)
                 bar.update(1, f"step {state.step} loss {loss:.3f} held-out {status['exact']}")
@@ -1185,8 +1190,8 @@ def _translate_loop(state, schedule, output: str) -> None:
         interrupted.exit_code = 130  # the shell's code for a process stopped by Ctrl-C (128 + SIGINT)
         raise interrupted from None
     elapsed, cpu = time.perf_counter() - started, time.process_time() - started_cpu
-    lines = [f"trained steps {first_step}-{state.step} of {settings['steps']} in {elapsed:.1f} s "
-             f"({cpu:.1f} s CPU; batch {B}, evaluations included)"]
+    lines = [f"trained steps {first_step}-{state.step} of {settings['steps']} in {elapsed:.1f} s, {cpu:.1f} s CPU "
+             f"(updates alone: {spent['wall']:.1f} s, {spent['cpu']:.1f} s CPU; batch {B})"]
     if state.step < settings["steps"]:
         lines[0] += "; stopped at the target (--stop-at-target)"
     first, last = state.evaluations[0], state.evaluations[-1]
@@ -1277,7 +1282,7 @@ def translate(texts: tuple, weights: str) -> None:
     if texts:
         items = [(f"TEXT {text!r}", text) for text in texts]
     else:
-        data = click.get_binary_stream("stdin").read()
+        data = sys.stdin.buffer.read()
         try:
             lines = data.decode("utf-8").splitlines()
         except UnicodeDecodeError as e:
