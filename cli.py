@@ -1076,7 +1076,8 @@ DEFAULT_STEPS = {"digits-to-words": 1000, "words-to-digits": 2000}
               help="Seed of the random init and of the training numbers.")
 @click.pass_context
 def train_translate(ctx: click.Context, task: Optional[str], decoder: str, output: str, resume: Optional[str],
-                    config_path: Optional[str], steps: Optional[int], batch_size: int, lr: float, warmup: Optional[int], weight_decay: float,
+                    config_path: Optional[str], steps: Optional[int], batch_size: int, lr: float,
+                    warmup: Optional[int], weight_decay: float,
                     clip: float, eval_every: int, stop_at_target: bool, seed: int) -> None:
     """Train a sequence-to-sequence Perceiver to translate numbers 0-999,999 between their digits and their
     English words, in NumPy: the byte-level Perceiver encoder and the --decoder of your choice.
@@ -1110,7 +1111,8 @@ def train_translate(ctx: click.Context, task: Optional[str], decoder: str, outpu
                            f"nothing to do (pass a larger --steps to go on)")
     else:
         if task is None:
-            raise click.UsageError("Missing option '--task' (digits-to-words or words-to-digits; or --resume a run)")
+            raise click.UsageError("Missing option '--task' (digits-to-words or words-to-digits; or --resume a "
+                                   "run)")
         steps = steps if steps is not None else DEFAULT_STEPS[task]
         settings = dict(
             task=task, decoder=decoder, steps=steps, batch_size=batch_size, lr=lr,

@@ -50,7 +50,8 @@ def test_checkpoint_round_trip_is_exact(tmp_path):
     state.evaluations = [[0, 0.0, 0, 0, 0, 0, 0, 0], [2, 0.5, 1.0, 0.75, 0.5, 0.25, 0.125, 0.0]]
     save(state, tmp_path / "c.safetensors")
 
-    back = translation.restore(npp.load_weights(tmp_path / "c.safetensors"), npp.load_metadata(tmp_path / "c.safetensors"))
+    path = tmp_path / "c.safetensors"
+    back = translation.restore(npp.load_weights(path), npp.load_metadata(path))
     assert back.model.config == state.model.config and back.model.config.task == "digits-to-words"
     for name, value in state.model.state_dict().items():
         np.testing.assert_array_equal(back.model.state_dict()[name], value, err_msg=name)
