@@ -1103,6 +1103,8 @@ def train_translate(ctx: click.Context, task: Optional[str], decoder: str, outpu
                                  "file's metadata)", param_hint="'-o' / '--output'")
     explicit = {name for name in ctx.params if ctx.get_parameter_source(name) == click.core.ParameterSource.COMMANDLINE}
     if resume is not None:
+        if config_path is not None:
+            raise click.UsageError("pass at most one of --config (a new model) and --resume (a run's own model)")
         state = _resume_translation(resume, ctx.params, explicit)
         settings = state.settings
         settings["steps"] = steps if steps is not None else settings["steps"]

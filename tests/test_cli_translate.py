@@ -112,6 +112,8 @@ def test_resume_continues_exactly_where_the_run_stopped(tmp_path, tiny, monkeypa
     assert_one_error_line(run(*args), 1, r"at step 8, the end of its 8 steps: nothing to do")
     assert_one_error_line(run(*args, "--steps", 9, "--batch-size", 4), 1,
                           r"--batch-size 4 differs from the resumed run's 16")
+    with_config = run(*args, "--steps", 9, "--config", tiny)
+    assert with_config.exit_code == 2 and "at most one of --config" in with_config.stderr
     assert_one_error_line(run(*args, "--steps", 9, "--task", "words-to-digits"), 1,
                           r"--task words-to-digits differs from the resumed run's digits-to-words")
 
