@@ -1270,7 +1270,7 @@ def translate(texts: tuple, weights: str) -> None:
     the number in English words as train-translate writes them ("three thousand four hundred twelve"); upper
     case, extra spaces, hyphens ("forty-two") and "and" ("one hundred and five") are accepted. Anything else --
     a character outside the task's alphabet, an empty line, a number out of range or spelt otherwise -- is an
-    error naming the text, before anything is translated.
+    error naming the text, before anything is translated (put -- before a TEXT that starts with "-").
 
     \b
     Examples:
