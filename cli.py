@@ -1203,7 +1203,8 @@ def _translate_loop(state, schedule, output: str) -> None:
     reached = next((int(row[0]) for row in state.evaluations if min(row[1:]) >= translation.TARGET), None)
     lines.append(f"target (>= 99% overall and on every length) first met at step {reached}" if reached is not None
                  else "target (>= 99% overall and on every length) not met")
-    example = "42 700005" if settings["task"] == "digits-to-words" else "'forty two' 'seven hundred thousand five'"
+    example = ("42 700005" if settings["task"] == "digits-to-words"
+               else "'forty two' 'three thousand four hundred twelve'")
     lines.append(f"wrote {output} (step {state.step}; try: npperceiver translate --weights {output} {example})")
     click.echo("\n".join(lines))
 
@@ -1276,7 +1277,7 @@ def translate(texts: tuple, weights: str) -> None:
     Examples:
       npperceiver translate --weights d2w.safetensors 42 700005
       printf '15\\n3412\\n' | npperceiver translate --weights d2w.safetensors
-      npperceiver translate --weights w2d.safetensors "forty two" "seven hundred thousand five"
+      npperceiver translate --weights w2d.safetensors "forty two" "three thousand four hundred twelve"
     """
     try:
         model = translation.load_model(weights)
