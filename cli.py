@@ -302,6 +302,7 @@ def draw_attention(config_name: Optional[str], model: Optional[str], task: Optio
       npperceiver draw-attention --config language-perceiver --weights model.safetensors \\
         --text "This is a sentence." --layer decoder --head 3 -o decoder.png
       npperceiver draw-attention --model seq2seq --task digits-to-words --random-init --text 3412 --layer causal
+      npperceiver draw-attention --model seq2seq --weights d2w.safetensors --text 3412 --layer decoder
     """
     if (weights is None) == (not random_init):
         raise click.UsageError("pass exactly one of --weights FILE and --random-init")
@@ -314,9 +315,17 @@ def draw_attention(config_name: Optional[str], model: Optional[str], task: Optio
                                        "--text, and no latent mask nor head_mask)")
         if batch != 1:
             raise click.UsageError("--batch is for random inputs; --text makes one row")
-        config, name = _model_config("seq2seq", config_name, task, decoder)
+        trained = None
+        if weights is not None and config_name is None and task is None and decoder is None:
+            try:  # a train-translate checkpoint carries its config and task
+                trained = translation.load_model(weights)
+            except (OSError, ValueError) as e:
+                raise CliError(f"--weights {weights}: {_one_line(e)} (or give the model's --task/--config)") from None
+            config, name = trained.config, Path(weights).name
+        else:
+            config, name = _model_config("seq2seq", config_name, task, decoder)
         amap, slug = _seq2seq_attention(config, name, weights, seed, text, pad_to, attention_mask,
-                                        layer or "decoder", head, example)
+                                        layer or "decoder", head, example, trained)
         _write_attention(amap, f"{Path(name).stem}-attention-{slug}", output, fmt)
         return
     if task is not None or decoder is not None:
@@ -423,9 +432,11 @@ def _write_attention(amap, stem: str, output: Optional[str], fmt: Optional[str])
 
 
 def _seq2seq_attention(config: Seq2SeqConfig, name: str, weights: Optional[str], seed: int, text: str,
-                       pad_to: Optional[int], attention_mask: Optional[str], layer: str, head: str, example: int):
-    """draw-attention --model seq2seq: the translation model reads the source ``text`` and, teacher-forced,
-    its translation in the model's task; the figure model of ``layer``, and the layer's slug."""
+                       pad_to: Optional[int], attention_mask: Optional[str], layer: str, head: str, example: int,
+                       trained: Optional[PerceiverSeq2Seq] = None):
+    """draw-attention --model seq2seq: the translation model (``trained``, read from a train-translate
+    checkpoint, or built from ``config`` and ``weights`` / ``seed``) reads the source ``text`` and,
+    teacher-forced, its translation in the model's task; the figure model of ``layer``, and the layer's slug."""
     if config.task is None:
         raise CliError(f"--config {name}: the config names no task, so --text cannot be read as a source: add "
                        "\"task\" (digits-to-words or words-to-digits) to it")
@@ -452,8 +463,8 @@ def _seq2seq_attention(config: Seq2SeqConfig, name: str, weights: Optional[str],
         am = _keep_option("--attention-mask", attention_mask, 1, ids.shape[1], f"the source's {ids.shape[1]} bytes")
         am = keep.astype(np.float32) if am is None else am
         target = task.encode_targets([task.target_tokens(number)])  # (1, T): the translation, [EOS], [PAD]
-        model = (PerceiverSeq2Seq.init(config, seed=seed) if weights is None else
-                 PerceiverSeq2Seq.from_state_dict(config, npperceiver.load_weights(weights)))
+        model = (trained if trained is not None else PerceiverSeq2Seq.init(config, seed=seed) if weights is None
+                 else PerceiverSeq2Seq.from_state_dict(config, npperceiver.load_weights(weights)))
         out = model(ids, am, target, output_attentions=True)
         rows = shift_right(target)[0] if config.decoder == "autoregressive" else target[0]  # what each row reads
         amap = attention_viz.attention_map(

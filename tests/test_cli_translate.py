@@ -230,3 +230,31 @@ def test_translate_refuses_files_that_are_not_translation_models(tmp_path):
                           ("junk", r"junk.safetensors"), ("missing", r"does not exist")]:
         assert_one_error_line(run("translate", "--weights", tmp_path / f"{name}.safetensors", "1"), 1,
                               rf"--weights .*{name}.safetensors: .*{pattern}")
+
+
+# ---------------------------------------------------------------------- draw-attention on a translation checkpoint
+def test_draw_attention_reads_a_checkpoints_config_and_weights(tmp_path):
+    path = tmp_path / "m.safetensors"
+    checkpoint(path, "words-to-digits", "queries")
+    result = run("draw-attention", "--model", "seq2seq", "--weights", path, "--text", "forty two", "--head", "0",
+                 "--format", "text")
+    assert result.exit_code == 0, result.output
+    # the checkpoint's own model -- the queries decoder of words-to-digits: its 7 output queries are the rows
+    assert result.stdout.startswith("decoder.decoding_cross_attention")
+    assert "rows: 7 target positions" in result.stdout
+    # and its own weights: the first row is the checkpoint model's head-0 probabilities for this source
+    model = translation.load_model(str(path))
+    task = get_task("words-to-digits")
+    ids, keep = task.encode_sources(["forty two"])
+    out = model(ids, keep, task.encode_targets([task.target_tokens(42)]), output_attentions=True)
+    probs = out.cross_attentions[-1][0, 0, 0]  # (N,): query 0 over the latents
+    table = result.stdout.split("head 0\n", 1)[1].splitlines()
+    first_row = [float(x) for x in table[1].split()[1:]]
+    np.testing.assert_allclose(first_row, probs, atol=6e-4)
+
+
+def test_draw_attention_refuses_a_file_that_is_not_a_translation_checkpoint(tmp_path):
+    path = tmp_path / "w.safetensors"
+    npp.save_weights(path, {"x": np.zeros(2, np.float32)})
+    result = run("draw-attention", "--model", "seq2seq", "--weights", path, "--text", "42", "--format", "text")
+    assert_one_error_line(result, 1, r"--weights .*w\.safetensors: .*not a translation model.*--task/--config")
