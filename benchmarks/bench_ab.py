@@ -3,7 +3,7 @@
 Each run imports npperceiver from the checkout given, in a process of its own, so two versions never share a
 process (or a cache); run it for the old and the new checkout in turn, a few rounds, and compare the minima::
 
-    git worktree add /tmp/v010 v0.1.0-commit
+    git worktree add /tmp/v010 6b3bed5    # the last commit of 0.1.0
     for round in 1 2 3; do
         python benchmarks/bench_ab.py /tmp/v010 --threads 1 --repeats 5
         python benchmarks/bench_ab.py .        --threads 1 --repeats 5

@@ -28,7 +28,7 @@ from .text import PerceiverForMaskedLM, PerceiverMaskedLMOutput, mlm_param_shape
 from .tokenizer import PerceiverTokenizer
 from .optim import AdamW, clip_grad_norm, warmup_cosine_lr
 
-__version__ = "0.1.0"
+__version__ = "0.2.0"
 
 __all__ = [
     "MASK_MIN", "AttentionDims", "EncoderOutput", "PerceiverConfig", "PerceiverModel", "PerceiverModelOutput",
