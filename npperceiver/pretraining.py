@@ -295,6 +295,18 @@ def restore(tensors: Mapping[str, np.ndarray], metadata: Mapping[str, str]) -> T
     if config is None:
         raise ValueError("its metadata has no model config")
     model = PerceiverForMaskedLM.from_state_dict(config, model_weights(tensors))
+    optimizer, rng, step, settings, train_loss = restore_training(model, tensors, metadata, default_lr=1e-3)
+    history = tensors.get(HISTORY_PREFIX + "evaluations", np.zeros((0, 3)))  # (K, 3): step, loss, accuracy
+    evaluations = [(int(step), float(loss), float(acc)) for step, loss, acc in history]
+    return TrainingState(model, optimizer, rng, step, settings, train_loss, evaluations)
+
+
+def restore_training(
+    model: Any, tensors: Mapping[str, np.ndarray], metadata: Mapping[str, str], default_lr: float,
+) -> tuple[AdamW, np.random.Generator, int, dict, list[float]]:
+    """What a checkpoint (train-mlm's or train-translate's) holds besides the model and its evaluations:
+    AdamW's state for ``model``, the random generator's state, the step, the run's settings and its training
+    losses so far. A ``ValueError`` says what is missing or wrong."""
     optimizer_state = {k[len(OPTIMIZER_PREFIX):]: v for k, v in tensors.items() if k.startswith(OPTIMIZER_PREFIX)}
     if np.shape(optimizer_state.get("step")) == (1,):
         optimizer_state["step"] = optimizer_state["step"].reshape(())  # stored as (1,)
@@ -305,14 +317,12 @@ def restore(tensors: Mapping[str, np.ndarray], metadata: Mapping[str, str]) -> T
         rng.bit_generator.state = json.loads(metadata["rng"])
     except (KeyError, TypeError, ValueError) as e:
         raise ValueError(f"its metadata is incomplete or damaged ({type(e).__name__}: {e})") from None
-    optimizer = AdamW(model, lr=settings.get("lr", 1e-3), weight_decay=settings.get("weight_decay", 0.01))
+    optimizer = AdamW(model, lr=settings.get("lr", default_lr), weight_decay=settings.get("weight_decay", 0.01))
     optimizer.load_state_dict(optimizer_state)
     if optimizer.step_count != step:
         raise ValueError(f"its optimizer has taken {optimizer.step_count} steps but its metadata says {step}")
     train_loss = [float(x) for x in tensors.get(HISTORY_PREFIX + "train_loss", np.zeros(0))]
-    history = tensors.get(HISTORY_PREFIX + "evaluations", np.zeros((0, 3)))  # (K, 3): step, loss, accuracy
-    evaluations = [(int(step), float(loss), float(acc)) for step, loss, acc in history]
-    return TrainingState(model, optimizer, rng, step, settings, train_loss[:step], evaluations)
+    return optimizer, rng, step, settings, train_loss[:step]
 
 
 def describe_weights(tensors: Mapping[str, Any]) -> str:

@@ -25,7 +25,7 @@ from typing import Any, Mapping, Optional
 import numpy as np
 
 from .optim import AdamW, clip_grad_norm, warmup_cosine_lr
-from .pretraining import HISTORY_PREFIX, OPTIMIZER_PREFIX, describe_weights
+from .pretraining import HISTORY_PREFIX, OPTIMIZER_PREFIX, describe_weights, restore_training
 from .seq2seq import PerceiverSeq2Seq, Seq2SeqConfig
 from .tasks import MAX_DIGITS, NumberSplit, Task, TranslationBatch, digit_length, get_task
 from .weights import load_metadata, load_weights
@@ -218,24 +218,10 @@ def restore(tensors: Mapping[str, np.ndarray], metadata: Mapping[str, str]) -> T
     """A :class:`TrainingState` from a checkpoint's tensors and metadata (what :func:`checkpoint_tensors` and
     :func:`checkpoint_metadata` wrote). A ``ValueError`` says what is missing or wrong."""
     model = model_from_checkpoint(tensors, metadata)
-    optimizer_state = {k[len(OPTIMIZER_PREFIX):]: v for k, v in tensors.items() if k.startswith(OPTIMIZER_PREFIX)}
-    if np.shape(optimizer_state.get("step")) == (1,):
-        optimizer_state["step"] = optimizer_state["step"].reshape(())  # stored as (1,)
-    try:
-        settings = json.loads(metadata["settings"])
-        step = int(metadata["step"])
-        rng = np.random.default_rng()
-        rng.bit_generator.state = json.loads(metadata["rng"])
-    except (KeyError, TypeError, ValueError) as e:
-        raise ValueError(f"its metadata is incomplete or damaged ({type(e).__name__}: {e})") from None
-    optimizer = AdamW(model, lr=settings.get("lr", 2e-3), weight_decay=settings.get("weight_decay", 0.01))
-    optimizer.load_state_dict(optimizer_state)
-    if optimizer.step_count != step:
-        raise ValueError(f"its optimizer has taken {optimizer.step_count} steps but its metadata says {step}")
-    train_loss = [float(x) for x in tensors.get(HISTORY_PREFIX + "train_loss", np.zeros(0))]
+    optimizer, rng, step, settings, train_loss = restore_training(model, tensors, metadata, default_lr=2e-3)
     history = tensors.get(HISTORY_PREFIX + "evaluations", np.zeros((0, EVALUATION_COLUMNS)))  # (K, 8)
     evaluations = [[int(row[0])] + [float(x) for x in row[1:]] for row in history]
-    return TrainingState(model, optimizer, rng, step, settings, train_loss[:step], evaluations)
+    return TrainingState(model, optimizer, rng, step, settings, train_loss, evaluations)
 
 
 def new_state(task: str, decoder: str, seed: int, settings: Mapping[str, Any],
