@@ -308,6 +308,9 @@ def restore_training(
     AdamW's state for ``model``, the random generator's state, the step, the run's settings and its training
     losses so far. A ``ValueError`` says what is missing or wrong."""
     optimizer_state = {k[len(OPTIMIZER_PREFIX):]: v for k, v in tensors.items() if k.startswith(OPTIMIZER_PREFIX)}
+    if not optimizer_state:
+        raise ValueError("it holds the model but no optimizer state (saved to be used, not resumed): "
+                         "there is nothing to resume from")
     if np.shape(optimizer_state.get("step")) == (1,):
         optimizer_state["step"] = optimizer_state["step"].reshape(())  # stored as (1,)
     try:

@@ -258,3 +258,15 @@ def test_draw_attention_refuses_a_file_that_is_not_a_translation_checkpoint(tmp_
     npp.save_weights(path, {"x": np.zeros(2, np.float32)})
     result = run("draw-attention", "--model", "seq2seq", "--weights", path, "--text", "42", "--format", "text")
     assert_one_error_line(result, 1, r"--weights .*w\.safetensors: .*not a translation model.*--task/--config")
+
+
+def test_resume_refuses_a_model_saved_without_its_optimizer(tmp_path):
+    # docs/models/digits-to-words.safetensors is such a file: a checkpoint with the optimizer state left out
+    path = tmp_path / "m.safetensors"
+    checkpoint(path)
+    tensors = {k: v for k, v in npp.load_weights(path).items() if not k.startswith(pretraining.OPTIMIZER_PREFIX)}
+    npp.save_weights(path, tensors, npp.load_metadata(path))
+    assert translation.load_model(str(path)).config.task == "digits-to-words"  # usable to translate
+    result = run("train-translate", "--resume", path, "-o", tmp_path / "out.safetensors")
+    assert_one_error_line(result, 1, r"--resume .*: it holds the model but no optimizer state .*nothing to resume")
+    assert not (tmp_path / "out.safetensors").exists()
