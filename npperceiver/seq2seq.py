@@ -69,8 +69,8 @@ from .masks import MASK_MIN
 from .model import PerceiverModel, attention_dropout, cast_params, grads_state_dict
 from .tasks import BOS_ID, EOS_ID, SOURCE_VOCAB_SIZE, get_task
 from .text import (
-    IGNORE_INDEX, masked_lm_loss, masked_lm_loss_backward, text_preprocessor, text_preprocessor_backward,
-    trainable_position_encoding, trainable_position_encoding_backward,
+    IGNORE_INDEX, decoder_query, decoder_query_backward, masked_lm_loss, masked_lm_loss_backward,
+    perceiver_basic_decoder, perceiver_basic_decoder_backward, text_preprocessor, text_preprocessor_backward,
 )
 from .tokenizer import PAD_ID
 from .weights import PREFIX, flatten, init_params, layer_param_shapes, param_shapes, params_from_shapes
@@ -213,13 +213,16 @@ def seq2seq_param_shapes(config: Seq2SeqConfig) -> dict[str, tuple[int, ...]]:
 
 # ---------------------------------------------------------------------- the pieces
 def causal_mask(T: int) -> np.ndarray:
-    """The additive causal bias (1, 1, T, T): 0 where key s <= query t, float32's minimum where s > t."""
+    """The additive causal bias (1, 1, T, T): 0 where key s <= query t, float32's minimum where s > t -- the
+    decoder self-attention's mask of HF's causal language models (e.g. ``T5Stack``'s extended causal mask),
+    in the additive form ``PerceiverSelfAttention`` adds to its scores."""
     future = np.triu(np.ones((T, T), dtype=bool), k=1)  # (T, T) True above the diagonal
     return np.where(future, MASK_MIN, np.float32(0))[None, None].astype(np.float32)  # (1, 1, T, T)
 
 
 def shift_right(target_ids: np.ndarray) -> np.ndarray:
-    """Teacher forcing's decoder input: ``[BOS]`` then the target without its last position, (B, T) -> (B, T).
+    """Teacher forcing's decoder input, as T5's ``_shift_right``: ``[BOS]`` then the target without its last
+    position, (B, T) -> (B, T).
 
     Position t of the decoder reads ``[BOS] y_1 .. y_t`` and predicts ``y_{t+1}``.
     """
@@ -228,7 +231,8 @@ def shift_right(target_ids: np.ndarray) -> np.ndarray:
 
 
 def seq2seq_loss(logits: np.ndarray, target_ids: np.ndarray) -> np.float32:
-    """Mean cross-entropy over the target tokens, ``[EOS]`` included and ``[PAD]`` left out.
+    """Mean cross-entropy over the target tokens, ``[EOS]`` included and ``[PAD]`` left out:
+    ``torch.nn.CrossEntropyLoss(ignore_index=-100)`` with ``[PAD]`` labelled -100, as HF's MLM loss.
 
     logits (B, T, V), target_ids (B, T). The same loss for both decoders.
     """
@@ -251,6 +255,8 @@ def autoregressive_decoder(
     dropout: Optional[Dropout] = None, cache: Optional[Cache] = None, output_attentions: bool = False,
 ) -> Any:
     """The T5-like decoder: (B, T') decoder input ids and latents (B, N, D) -> logits (B, T', V), T' <= T.
+    Each layer is an HF ``PerceiverAttention`` (causal self-attention, no MLP) then an HF ``PerceiverLayer``
+    (cross-attention to the latents + MLP), after a ``PerceiverTextPreprocessor`` over the target ids.
 
     ``params``: the ``decoder`` sub-tree. Logits at position t depend on ``decoder_input_ids[:, :t+1]`` and
     the latents only (the causal mask). ``dropout``: training-mode dropout of every attention's probabilities
@@ -259,8 +265,8 @@ def autoregressive_decoder(
     (B, Hd, T', N) probability array per layer.
     """
     H, T = config.num_decoder_heads, decoder_input_ids.shape[1]
-    x = params["embeddings"]["weight"][decoder_input_ids]  # (V, E)[(B, T)] -> (B, T, E)
-    x = x + params["position_embeddings"]["weight"][:T]  # (B, T, E) + (T, E)
+    x, _ = text_preprocessor(params, decoder_input_ids, cache=cache)  # target embedding + positions: (B, T, E),
+    #   HF's PerceiverTextPreprocessor over the target vocabulary
     bias = causal_mask(T)  # (1, 1, T, T)
     layer_caches = None if cache is None else cache.setdefault("layers", [])  # one record per layer
     attentions: tuple = ((), ())  # output_attentions: (self, cross) probabilities, layer by layer
@@ -278,7 +284,7 @@ def autoregressive_decoder(
         if layer_caches is not None:
             layer_caches.append(layer_cache)
     if cache is not None:
-        cache.update(input_ids=decoder_input_ids, hidden_states=x)
+        cache["hidden_states"] = x
     x = layer_norm(x, **params["layernorm"])  # (B, T, E)
     if cache is not None:
         cache["normed"] = x
@@ -335,18 +341,17 @@ def queries_decoder(
 ) -> Any:
     """The Perceiver IO decoder: T learned queries read the latents (B, N, D) once -> logits (B, T, V).
 
-    ``params``: the ``decoder`` sub-tree. Like HF ``PerceiverBasicDecoder`` with trainable position
-    encodings as queries, then a layernorm and a linear head over the target vocabulary. ``dropout``,
+    ``params``: the ``decoder`` sub-tree. HF ``PerceiverBasicDecoder`` (text.py's, as the MLM builds it, with
+    the query residual as configured) with trainable position encodings as queries, then a layernorm and a
+    linear head over the target vocabulary. ``dropout``,
     ``cache``: as in :func:`autoregressive_decoder`. ``output_attentions=True``: ``(logits, (), (cross_probs,))``,
     the cross-attention's (B, Hd, T, N).
     """
-    query = trainable_position_encoding(params["output_position_encodings"]["position_embeddings"],
-                                        latents.shape[0])  # (T, E) -> (B, T, E)
-    x, cross_probs = perceiver_layer(
-        params["decoding_cross_attention"], query, config.num_decoder_heads,
+    query = decoder_query(params, latents.shape[0])  # the T learned queries: (T, E) -> (B, T, E)
+    x, cross_probs = perceiver_basic_decoder(
+        params, query, latents, num_heads=config.num_decoder_heads,
         use_query_residual=config.decoder_cross_attention.use_query_residual,
-        hidden_act=config.encoder.hidden_act, inputs=latents, dropout=dropout,
-        cache=child(cache, "decoding_cross_attention"),
+        hidden_act=config.encoder.hidden_act, dropout=dropout, cache=cache,
     )  # CrossAttention(LN(q), LN(z)) [+ q], then + MLP(LN(.)): (B, T, E)
     if cache is not None:
         cache["hidden_states"] = x
@@ -365,10 +370,9 @@ def queries_decoder_backward(d_logits: np.ndarray, params: Params, cache: Cache)
     d_logits: (B, T, V). Returns d_latents (B, N, D) and the gradients of the ``decoder`` sub-tree.
     """
     d_x, grads = decoder_head_backward(d_logits, params, cache)  # (B, T, E)
-    d_query, d_latents, grads["decoding_cross_attention"] = perceiver_layer_backward(
-        d_x, params["decoding_cross_attention"], cache.pop("decoding_cross_attention"))  # (B, T, E), (B, N, D)
-    grads["output_position_encodings"] = {
-        "position_embeddings": trainable_position_encoding_backward(d_query)}  # (B, T, E) -> (T, E)
+    d_query, d_latents, decoder_grads = perceiver_basic_decoder_backward(d_x, params, cache)  # (B, T, E), (B, N, D)
+    grads.update(decoder_grads)
+    grads.update(decoder_query_backward(d_query))  # (B, T, E) -> the queries' (T, E), summed over the batch
     return d_latents, grads
 
 
@@ -565,18 +569,21 @@ class PerceiverSeq2Seq:
 
         Queries decoder: the argmax at every position at once. Autoregressive: one position at a time, each
         step re-running the decoder on the prefix so far (``[BOS]`` and the tokens chosen), until every row
-        has produced ``[EOS]`` or T tokens. Ties go to the lowest id (``argmax``), so decoding is deterministic.
+        has produced ``[EOS]`` or T tokens. ``[PAD]`` and ``[BOS]`` are never chosen (they cannot stand before
+        ``[EOS]``). Ties go to the lowest id (``argmax``), so decoding is deterministic.
         """
         cfg = self.config
         latents = self.encode(source_ids, source_mask)  # (B, N, D)
         B, T = latents.shape[0], cfg.max_target_length
+        never = np.zeros(cfg.target_vocab_size, dtype=latents.dtype)  # (V,) added to every position's logits:
+        never[[PAD_ID, BOS_ID]] = MASK_MIN  # a model never writes [PAD] or [BOS] before its [EOS]
         if cfg.decoder == "queries":
-            out = self.decode(latents).argmax(axis=-1)  # (B, T, V) -> (B, T)
+            out = (self.decode(latents) + never).argmax(axis=-1)  # (B, T, V) -> (B, T)
         else:
             out = np.full((B, T), PAD_ID, dtype=np.int64)  # (B, T) the chosen tokens
             prefix = np.full((B, 1), BOS_ID, dtype=np.int64)  # (B, 1) the decoder's input so far
             for t in range(T):
-                out[:, t] = self.decode(latents, prefix)[:, t].argmax(axis=-1)  # (B, t+1, V) -> (B,)
+                out[:, t] = (self.decode(latents, prefix)[:, t] + never).argmax(axis=-1)  # (B, t+1, V) -> (B,)
                 if t + 1 < T:
                     prefix = np.concatenate([prefix, out[:, t:t + 1]], axis=1)  # (B, t+2)
                 if (out[:, : t + 1] == EOS_ID).any(axis=1).all():

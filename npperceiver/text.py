@@ -213,8 +213,9 @@ def perceiver_basic_decoder_backward(
     d_out: np.ndarray, params: Params, cache: Cache
 ) -> tuple[np.ndarray, np.ndarray, Params]:
     """Backward of :func:`perceiver_basic_decoder`: its one cross-attention layer's
-    (:func:`~npperceiver.layers.perceiver_layer_backward`; no query residual, so the queries get gradient only
-    through ``layernorm1`` and the query projection).
+    (:func:`~npperceiver.layers.perceiver_layer_backward`). The MLM's decoder has no query residual, so its
+    queries get gradient only through ``layernorm1`` and the query projection; with the residual (the
+    translation model's queries decoder), ``d_out`` reaches them directly too.
 
     d_out: (B, P, C). Returns d_query (B, P, C), d_z (B, N, D) and ``{"decoding_cross_attention": ...}``.
     """

@@ -125,16 +125,19 @@ class TorchSeq2Seq(nn.Module):
 
     @torch.no_grad()
     def generate(self, source_ids: torch.Tensor, source_mask: Optional[torch.Tensor] = None) -> torch.Tensor:
-        """Greedy decoding, as ``PerceiverSeq2Seq.generate``: (B, T) ids, [PAD] after the first [EOS]."""
+        """Greedy decoding, as ``PerceiverSeq2Seq.generate``: (B, T) ids, never [PAD] or [BOS] before the first
+        [EOS], [PAD] after it."""
         latents = self.encode(source_ids, source_mask)
         B, T = latents.shape[0], self.config.max_target_length
+        never = torch.zeros(self.config.target_vocab_size)
+        never[[PAD_ID, BOS_ID]] = float("-inf")
         if self.config.decoder == "queries":
-            out = self.decoder(latents).argmax(-1)
+            out = (self.decoder(latents) + never).argmax(-1)
         else:
             out = torch.full((B, T), PAD_ID, dtype=torch.long)
             prefix = torch.full((B, 1), BOS_ID, dtype=torch.long)
             for t in range(T):
-                out[:, t] = self.decoder(latents, prefix)[:, t].argmax(-1)
+                out[:, t] = (self.decoder(latents, prefix)[:, t] + never).argmax(-1)
                 prefix = torch.cat([prefix, out[:, t:t + 1]], dim=1)
                 if (out[:, : t + 1] == EOS_ID).any(dim=1).all():
                     break

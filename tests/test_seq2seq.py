@@ -296,7 +296,8 @@ def test_loss_is_the_mean_cross_entropy_over_real_target_tokens(case):
 @given(case=cases())
 def test_greedy_decoding_is_the_argmax_of_its_own_teacher_forced_logits(case):
     """Fed back its own output as the target, the model's teacher-forced argmax reproduces that output up to its
-    [EOS]: each token was the most likely one given the tokens before it. PAD after the first [EOS]."""
+    [EOS]: each token was the most likely one given the tokens before it, [PAD] and [BOS] excepted (they never
+    stand before [EOS]). PAD after the first [EOS]."""
     model, ids, keep, _ = case
     out = model.generate(ids, keep)
     assert out.shape == (ids.shape[0], model.config.max_target_length) and out.dtype == np.int64
@@ -306,11 +307,13 @@ def test_greedy_decoding_is_the_argmax_of_its_own_teacher_forced_logits(case):
         if ended[row]:
             eos = int(np.flatnonzero(out[row] == EOS_ID)[0])
             assert np.all(out[row, eos + 1:] == PAD_ID)
+    assert not np.isin(out[~(np.cumsum(out == EOS_ID, axis=1) > 0)], [PAD_ID, BOS_ID]).any()  # before [EOS]
     logits = model(ids, keep, out).logits  # teacher-forced on its own output
+    logits[..., [PAD_ID, BOS_ID]] = -np.inf  # (B, T, V): never chosen
     upto = np.cumsum(out == EOS_ID, axis=1) - (out == EOS_ID) == 0  # (B, T) positions up to the first [EOS]
     # Greedy decoding ran the decoder on prefixes: equal argmax unless two logits tie to float32 rounding.
     top2 = np.sort(logits, axis=-1)[..., -2:]
-    clear = (top2[..., 1] - top2[..., 0]) > 1e-4 * max(1.0, np.abs(logits).max())
+    clear = (top2[..., 1] - top2[..., 0]) > 1e-4 * max(1.0, np.abs(logits[np.isfinite(logits)]).max())
     assert np.array_equal(logits.argmax(-1)[upto & clear], out[upto & clear])
 
 
