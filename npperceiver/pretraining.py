@@ -315,6 +315,8 @@ def restore_training(
         optimizer_state["step"] = optimizer_state["step"].reshape(())  # stored as (1,)
     try:
         settings = json.loads(metadata["settings"])
+        if not isinstance(settings, dict):
+            raise ValueError(f"'settings' is {type(settings).__name__}, not a JSON object")
         step = int(metadata["step"])
         rng = np.random.default_rng()
         rng.bit_generator.state = json.loads(metadata["rng"])

@@ -456,6 +456,12 @@ class PerceiverSeq2Seq:
         self_attentions, cross_attentions)`` (see :func:`autoregressive_decoder`). ``dropout_rng``, ``cache``:
         as in :meth:`__call__`."""
         cfg = self.config
+        latents = np.asarray(latents)
+        N, D = cfg.encoder.num_latents, cfg.encoder.d_latents
+        if latents.ndim != 3 or latents.shape[1:] != (N, D) or not np.issubdtype(latents.dtype, np.floating):
+            raise ValueError(f"latents must be a float array of shape (B, N, D) = (batch, {N}, {D}), got "
+                             f"{latents.dtype} {latents.shape}")
+        latents = latents.astype(self.dtype, copy=False)  # (B, N, D) in the model's dtype
         dropout = attention_dropout(cfg.encoder, dropout_rng)
         if cfg.decoder == "queries":
             if decoder_input_ids is not None:

@@ -27,7 +27,7 @@ import numpy as np
 from .optim import AdamW, clip_grad_norm, warmup_cosine_lr
 from .pretraining import HISTORY_PREFIX, OPTIMIZER_PREFIX, describe_weights, restore_training
 from .seq2seq import PerceiverSeq2Seq, Seq2SeqConfig
-from .tasks import MAX_DIGITS, NumberSplit, Task, TranslationBatch, digit_length, get_task
+from .tasks import MAX_DIGITS, NumberSplit, Task, TranslationBatch, digit_length
 from .weights import load_metadata, load_weights
 
 #: What a train-translate checkpoint says it is (``__metadata__["format"]`` of its .safetensors file).
@@ -106,6 +106,8 @@ class Evaluation:
 
 def translate_numbers(model: PerceiverSeq2Seq, task: Task, numbers: np.ndarray, chunk: int = 512) -> np.ndarray:
     """Greedy decoding of the sources of ``numbers`` (K,), ``chunk`` at a time: target ids (K, T)."""
+    if isinstance(chunk, bool) or not isinstance(chunk, (int, np.integer)) or chunk < 1:
+        raise ValueError(f"chunk must be a positive integer (numbers decoded at a time), got {chunk!r}")
     out = []
     for start in range(0, len(numbers), chunk):
         batch = task.batch(numbers[start:start + chunk])
@@ -228,8 +230,10 @@ def new_state(task: str, decoder: str, seed: int, settings: Mapping[str, Any],
               config: Optional[Seq2SeqConfig] = None) -> TrainingState:
     """A fresh run: the recipe's model for ``task`` and ``decoder`` (or ``config``), HF's initialisation from
     ``seed``, AdamW with ``settings["lr"]`` and ``settings["weight_decay"]``, a generator seeded ``seed``."""
-    config = config or Seq2SeqConfig.for_task(task, decoder)
-    get_task(task)  # a ValueError for an unknown name
+    config = config or Seq2SeqConfig.for_task(task, decoder)  # a ValueError for an unknown task or decoder
+    if config.task != task or config.decoder != decoder:
+        raise ValueError(f"the config is a {config.decoder} model of task {config.task!r}; this run trains a "
+                         f"{decoder} model of task {task!r}")
     model = PerceiverSeq2Seq.init(config, seed=seed)
     optimizer = AdamW(model, lr=settings["lr"], weight_decay=settings["weight_decay"])
     return TrainingState(model, optimizer, np.random.default_rng(seed), 0, dict(settings), [], [])

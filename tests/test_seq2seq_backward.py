@@ -275,12 +275,10 @@ def test_queries_no_row_has_in_the_loss_get_no_gradient(case):
     config, seed, source, keep, targets = case
     targets = targets.copy()
     targets[0] = targets[1]  # row 0 ended at the last position; now every row may end earlier
-    T = config.max_target_length
     last = int(np.max(np.argmax(targets == EOS_ID, axis=1)))  # the last position any row has in the loss
     _, grads = random_seq2seq(config, seed).loss_and_grads(source, keep, targets)
     d_queries = grads["decoder.output_position_encodings.position_embeddings"]  # (T, E)
     assert np.all(d_queries[last + 1:] == 0) and np.all(np.any(d_queries[:last + 1] != 0, axis=-1))
-    assert last + 1 <= T
 
 
 @pytest.mark.parametrize("decoder", DECODERS)
@@ -501,7 +499,8 @@ def test_adamw_training_run_matches_torch(reference, decoder):
 
 
 def test_zz_worst_gradient_error_summary(capsys):
-    """The worst gradient errors over the torch comparisons above (runs last: pytest keeps file order)."""
+    """A report, not a check: the worst gradient errors over the torch comparisons above (runs last: pytest
+    keeps file order)."""
     if not RESULTS:
         pytest.skip("no torch comparison ran in this session")
     name, err, _ = max(RESULTS, key=lambda r: r[1])
@@ -510,5 +509,4 @@ def test_zz_worst_gradient_error_summary(capsys):
     with capsys.disabled():
         print(f"\nseq2seq gradient parity vs torch autograd (float64 reference), {len(RESULTS)} cases: worst error "
               f"ours {err:.2e} ({name}), torch float32 {worst_torch:.2e}; worst ratio ours/torch {ratio:.2f} "
-              f"(bound {FACTOR:g})")
-    assert ratio <= FACTOR
+              f"(bound {FACTOR:g}, asserted case by case above)")
