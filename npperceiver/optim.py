@@ -215,6 +215,17 @@ def _check_hyperparameters(lr: Any, betas: Any, eps: Any, weight_decay: Any) -> 
             raise ValueError(f"betas[{i}] must lie in [0, 1), got {beta}")
 
 
+def global_norm(grads: Mapping[str, np.ndarray]) -> np.floating:
+    """The L2 norm of every gradient taken as one vector, computed as torch's ``clip_grad_norm_`` does: the
+    norm of the per-tensor norms, in the gradients' dtype (0.0 for no gradients)."""
+    arrays = list(grads.values())
+    if not arrays:
+        return np.float32(0.0)
+    dtype = arrays[0].dtype.type
+    norms = np.array([np.linalg.norm(g.ravel()) for g in arrays], dtype=dtype)  # one norm per tensor, as torch
+    return np.linalg.norm(norms)  # the norm of the norms = the norm of everything
+
+
 def clip_grad_norm(grads: Mapping[str, np.ndarray], max_norm: float) -> np.floating:
     """``torch.nn.utils.clip_grad_norm_(parameters, max_norm)`` on a dict of gradients, in place: if the global
     L2 norm (the norm of every gradient taken as one vector) exceeds ``max_norm``, scale every gradient by
@@ -226,8 +237,7 @@ def clip_grad_norm(grads: Mapping[str, np.ndarray], max_norm: float) -> np.float
     if not arrays:
         return np.float32(0.0)
     dtype = arrays[0].dtype.type
-    norms = np.array([np.linalg.norm(g.ravel()) for g in arrays], dtype=dtype)  # one norm per tensor, as torch
-    total = np.linalg.norm(norms)  # the norm of the norms = the norm of everything
+    total = global_norm(grads)
     coefficient = dtype(max_norm) / (total + dtype(1e-6))  # torch: max_norm / (total_norm + 1e-6), clamped to 1
     if coefficient < 1:
         for g in arrays:

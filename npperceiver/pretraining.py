@@ -30,7 +30,7 @@ from typing import Any, Mapping, Optional
 import numpy as np
 
 from .config import PerceiverConfig
-from .optim import AdamW, clip_grad_norm, warmup_cosine_lr
+from .optim import AdamW, clip_grad_norm, global_norm, warmup_cosine_lr
 from .text import IGNORE_INDEX, PerceiverForMaskedLM
 from .tokenizer import CLS_ID, MASK_ID, NUM_SPECIAL_TOKENS, SEP_ID
 
@@ -170,14 +170,18 @@ def train_step(
 
     Returns the loss (before the update) and the gradients' global norm (before clipping)."""
     loss, grads = model.loss_and_grads(input_ids, labels, dropout_rng=dropout_rng)
-    norm = clip_grad_norm(grads, max_grad_norm) if max_grad_norm else _global_norm(grads)
+    return float(loss), update(optimizer, grads, lr, max_grad_norm)
+
+
+def update(optimizer: AdamW, grads: Mapping[str, np.ndarray], lr: float, max_grad_norm: Optional[float] = None,
+           ) -> float:
+    """The update of a training step, after its backward (train-mlm's and train-translate's): clip the
+    gradients' global norm to ``max_grad_norm`` (if given), then AdamW at learning rate ``lr``. Returns the
+    global norm before clipping."""
+    norm = clip_grad_norm(grads, max_grad_norm) if max_grad_norm else global_norm(grads)
     optimizer.lr = lr
     optimizer.step(grads)  # rejects a non-finite gradient before touching any weight
-    return float(loss), float(norm)
-
-
-def _global_norm(grads: Mapping[str, np.ndarray]) -> np.floating:
-    return np.linalg.norm([np.linalg.norm(g.ravel()) for g in grads.values()])
+    return float(norm)
 
 
 @dataclass(frozen=True)
@@ -225,26 +229,29 @@ def heldout_set(
 @dataclass
 class TrainingState:
     """Everything a run needs to continue exactly: the model, the optimizer's moments and step count, the
-    generator's state, the settings, and the history so far (train loss per step; held-out evaluations)."""
+    generator's state, the settings, and the history so far (train loss per step; held-out evaluations).
+    train-translate's runs use it too (model: a ``PerceiverSeq2Seq``; evaluations: its own rows)."""
 
-    model: PerceiverForMaskedLM
+    model: Any  # PerceiverForMaskedLM (train-mlm) or PerceiverSeq2Seq (train-translate)
     optimizer: AdamW
     rng: np.random.Generator
     step: int
     settings: dict
     train_loss: list
-    evaluations: list  # [(step, loss, accuracy), ...]
+    evaluations: list  # train-mlm: [(step, loss, accuracy), ...]
 
 
-def checkpoint_tensors(state: TrainingState) -> dict[str, np.ndarray]:
-    """The tensors of a checkpoint: the model's weights under HF's ``PerceiverForMaskedLM`` names (so that
-    any weight loader reads them), the optimizer's state under ``optimizer.``, the history under ``history.``."""
+def checkpoint_tensors(state: TrainingState, evaluation_columns: int = 3) -> dict[str, np.ndarray]:
+    """The tensors of a checkpoint: the model's weights under its ``state_dict()`` names (HF's
+    ``PerceiverForMaskedLM`` names for train-mlm, so that any weight loader reads them), the optimizer's state
+    under ``optimizer.``, the history under ``history.`` (evaluations as rows of ``evaluation_columns``)."""
     tensors = dict(state.model.state_dict())
     optimizer_state = state.optimizer.state_dict()
     optimizer_state["step"] = optimizer_state["step"].reshape(1)  # (1,): weight files store no 0-d arrays
     tensors.update({OPTIMIZER_PREFIX + k: v for k, v in optimizer_state.items()})
     tensors[HISTORY_PREFIX + "train_loss"] = np.asarray(state.train_loss, dtype=np.float32).reshape(-1)  # (steps,)
-    tensors[HISTORY_PREFIX + "evaluations"] = np.asarray(state.evaluations, dtype=np.float64).reshape(-1, 3)
+    tensors[HISTORY_PREFIX + "evaluations"] = np.asarray(state.evaluations, dtype=np.float64).reshape(
+        -1, evaluation_columns)  # (K, columns)
     return tensors
 
 

@@ -24,8 +24,9 @@ from typing import Any, Mapping, Optional
 
 import numpy as np
 
-from .optim import AdamW, clip_grad_norm, warmup_cosine_lr
-from .pretraining import HISTORY_PREFIX, OPTIMIZER_PREFIX, describe_weights, restore_training
+from . import pretraining
+from .optim import AdamW
+from .pretraining import HISTORY_PREFIX, OPTIMIZER_PREFIX, TrainingState, describe_weights, restore_training
 from .seq2seq import PerceiverSeq2Seq, Seq2SeqConfig
 from .tasks import MAX_DIGITS, NumberSplit, Task, TranslationBatch, digit_length
 from .weights import load_metadata, load_weights
@@ -41,21 +42,12 @@ EVALUATION_COLUMNS = 2 + MAX_DIGITS
 
 # ---------------------------------------------------------------------------- one step
 @dataclass(frozen=True)
-class Schedule:
-    """The optimisation settings of a run (the recipe's by default): AdamW with a linear warmup and a cosine
-    decay of the learning rate to ``min_lr`` at ``total_steps``, optional gradient clipping."""
+class Schedule(pretraining.Schedule):
+    """train-mlm's :class:`~npperceiver.pretraining.Schedule` with the recipe's defaults: AdamW at lr 2e-3,
+    warmup 100, cosine to 0 at ``total_steps``, no gradient clipping."""
 
     lr: float = 2e-3
-    warmup_steps: int = 100
-    total_steps: int = 2000
-    min_lr: float = 0.0
-    weight_decay: float = 0.01
     max_grad_norm: Optional[float] = None
-
-    def lr_at(self, step: int) -> float:
-        """The learning rate of update ``step`` (counted from 0)."""
-        return warmup_cosine_lr(step, self.lr, min(self.warmup_steps, self.total_steps), self.total_steps,
-                                self.min_lr)
 
 
 def training_batch(task: Task, split: NumberSplit, rng: np.random.Generator, batch_size: int) -> TranslationBatch:
@@ -74,14 +66,7 @@ def train_step(
     Returns the loss (before the update) and the gradients' global norm (before clipping)."""
     loss, grads = model.loss_and_grads(batch.source_ids, batch.source_mask, batch.target_ids,
                                        dropout_rng=dropout_rng)
-    norm = clip_grad_norm(grads, max_grad_norm) if max_grad_norm else _global_norm(grads)
-    optimizer.lr = lr
-    optimizer.step(grads)  # rejects a non-finite gradient before touching any weight
-    return float(loss), float(norm)
-
-
-def _global_norm(grads: Mapping[str, np.ndarray]) -> float:
-    return float(np.linalg.norm([np.linalg.norm(g.ravel()) for g in grads.values()]))
+    return float(loss), pretraining.update(optimizer, grads, lr, max_grad_norm)
 
 
 # ---------------------------------------------------------------------------- evaluation
@@ -131,32 +116,11 @@ def evaluate(model: PerceiverSeq2Seq, task: Task, numbers: np.ndarray, chunk: in
 
 
 # ---------------------------------------------------------------------------- checkpoints
-@dataclass
-class TrainingState:
-    """Everything a run needs to continue exactly: the model, the optimizer's moments and step count, the
-    generator's state, the settings, and the history so far (train loss per step; held-out evaluations as
-    :meth:`Evaluation.row` rows)."""
-
-    model: PerceiverSeq2Seq
-    optimizer: AdamW
-    rng: np.random.Generator
-    step: int
-    settings: dict
-    train_loss: list
-    evaluations: list
-
-
 def checkpoint_tensors(state: TrainingState) -> dict[str, np.ndarray]:
-    """The tensors of a checkpoint: the model's weights (``PerceiverSeq2Seq.state_dict()`` names), the
-    optimizer's state under ``optimizer.``, the history under ``history.``."""
-    tensors = dict(state.model.state_dict())
-    optimizer_state = state.optimizer.state_dict()
-    optimizer_state["step"] = optimizer_state["step"].reshape(1)  # (1,): weight files store no 0-d arrays
-    tensors.update({OPTIMIZER_PREFIX + k: v for k, v in optimizer_state.items()})
-    tensors[HISTORY_PREFIX + "train_loss"] = np.asarray(state.train_loss, dtype=np.float32).reshape(-1)  # (steps,)
-    tensors[HISTORY_PREFIX + "evaluations"] = np.asarray(state.evaluations, dtype=np.float64).reshape(
-        -1, EVALUATION_COLUMNS)  # (K, 8)
-    return tensors
+    """The tensors of a checkpoint (:func:`npperceiver.pretraining.checkpoint_tensors`): the model's weights
+    (``PerceiverSeq2Seq.state_dict()`` names), the optimizer's state under ``optimizer.``, the history under
+    ``history.`` (evaluations as :meth:`Evaluation.row` rows)."""
+    return pretraining.checkpoint_tensors(state, EVALUATION_COLUMNS)
 
 
 def checkpoint_metadata(state: TrainingState) -> dict[str, str]:
@@ -204,7 +168,7 @@ def model_from_checkpoint(tensors: Mapping[str, np.ndarray], metadata: Mapping[s
         raise ValueError(f"its metadata 'config' is not a JSON config: {e}") from None
     if config.task is None:
         raise ValueError("its config names no task, so there is no way to read or write its texts")
-    weights = {k: v for k, v in tensors.items() if not k.startswith((OPTIMIZER_PREFIX, HISTORY_PREFIX))}
+    weights = pretraining.model_weights(tensors)  # the tensors without the optimizer state and the history
     return PerceiverSeq2Seq.from_state_dict(config, weights)
 
 
