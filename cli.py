@@ -28,6 +28,7 @@ from npperceiver.config import MAX_CONFIG_BYTES, PerceiverConfig, parse_json
 from npperceiver.presets import available_presets, load_preset
 from npperceiver.seq2seq import DECODERS, PerceiverSeq2Seq, Seq2SeqConfig, shift_right
 from npperceiver.tasks import TASKS, get_task, words_to_number
+from npperceiver.text import IGNORE_INDEX
 from npperceiver.trace import (
     encoder_steps, format_shape, layer_summary, mask_label, mask_summary, mlm_steps, scope_title, seq2seq_steps,
 )
@@ -464,7 +465,8 @@ def _seq2seq_attention(config: Seq2SeqConfig, name: str, weights: Optional[str],
         am = keep.astype(np.float32) if am is None else am
         target = task.encode_targets([task.target_tokens(number)])  # (1, T): the translation, [EOS], [PAD]
         model = (trained if trained is not None else PerceiverSeq2Seq.init(config, seed=seed) if weights is None
-                 else PerceiverSeq2Seq.from_state_dict(config, npperceiver.load_weights(weights)))
+                 else PerceiverSeq2Seq.from_state_dict(
+                     config, pretraining.model_weights(npperceiver.load_weights(weights))))  # no optimizer state
         out = model(ids, am, target, output_attentions=True)
         rows = shift_right(target)[0] if config.decoder == "autoregressive" else target[0]  # what each row reads
         amap = attention_viz.attention_map(
@@ -732,9 +734,9 @@ def _tensor_to_array(torch, tensor, where: str):
 @click.option("--resume", type=click.Path(dir_okay=False), metavar="CHECKPOINT",
               help="Continue the run saved in CHECKPOINT (often the same file as -o): weights, AdamW state, step "
                    "and random state, so it goes on exactly as if it had not stopped. Its settings are kept.")
-@click.option("--steps", type=click.IntRange(min=1), default=2000, show_default=True,
+@click.option("--steps", type=click.IntRange(1, 10_000_000), default=2000, show_default=True,
               help="Total number of updates (the learning-rate schedule spans them).")
-@click.option("--batch-size", type=click.IntRange(min=1), default=32, show_default=True,
+@click.option("--batch-size", type=click.IntRange(1, 4096), default=32, show_default=True,
               help="Windows of text per update.")
 @click.option("--seq-len", type=click.IntRange(min=3), metavar="M",
               help="Tokens per window: [CLS], M-2 bytes, [SEP].  [default: max_position_embeddings, at most 512]")
@@ -789,9 +791,7 @@ def train_mlm(ctx: click.Context, text_path: str, output: str, config_name: Opti
       npperceiver train-mlm --text data/alice.txt --resume mlm.safetensors -o mlm.safetensors
       npperceiver fill-mask --weights mlm.safetensors "Alice was beginning to get very[MASK][MASK][MASK][MASK][MASK]"
     """
-    if not output.endswith(".safetensors"):
-        raise click.BadParameter(f"{output} must end in .safetensors (the checkpoint keeps its config in the "
-                                 "file's metadata)", param_hint="'-o' / '--output'")
+    _check_checkpoint_output(output)
     if weights is not None and resume is not None:
         raise click.UsageError("pass at most one of --weights (start from weights) and --resume (continue a run)")
     corpus = _read_corpus(text_path)
@@ -848,6 +848,9 @@ def train_mlm(ctx: click.Context, text_path: str, output: str, config_name: Opti
     train_ids = pretraining.byte_ids(train_part)
     heldout = (pretraining.heldout_set(heldout_part, M, P, settings["eval_windows"])
                if settings["holdout"] else None)
+    if heldout is not None and not (heldout[1] != IGNORE_INDEX).any():
+        raise CliError(f"--text {text_path}: its held-out windows (--eval-windows {settings['eval_windows']}) have no "
+                       "masked byte to score; give a longer text, a larger --holdout or --eval-windows, or --holdout 0")
     schedule = pretraining.Schedule(lr=settings["lr"], warmup_steps=settings["warmup_steps"],
                                     total_steps=settings["steps"], weight_decay=settings["weight_decay"],
                                     max_grad_norm=settings["clip"] or None)
@@ -1017,6 +1020,9 @@ def _resume_state(path: str, params: dict, explicit: set, corpus_id: dict):
         raise CliError(f"--resume {path}: no such file")
     try:
         metadata = npperceiver.load_metadata(path)
+        if translation.is_checkpoint(metadata):
+            raise CliError(f"--resume {path} is a train-translate checkpoint (a translation model), not a "
+                           "train-mlm one: resume it with `npperceiver train-translate --resume`")
         if not pretraining.is_checkpoint(metadata):
             kind = pretraining.describe_weights(npperceiver.load_weights(path))
             raise CliError(f"--resume {path} is not a train-mlm checkpoint ({kind} weights without optimizer "
@@ -1063,11 +1069,11 @@ DEFAULT_STEPS = {"digits-to-words": 1000, "words-to-digits": 2000}
 @click.option("--config", "config_path", type=click.Path(dir_okay=False), metavar="FILE.json",
               help="Another model: a Seq2SeqConfig as JSON (Seq2SeqConfig.to_dict(); a 'task' or 'decoder' in it "
                    "must agree with --task and --decoder).  [default: the recipe's, Seq2SeqConfig.for_task]")
-@click.option("--steps", type=click.IntRange(min=1), metavar="N",
+@click.option("--steps", type=click.IntRange(1, 10_000_000), metavar="N",
               help="Total number of updates; the learning-rate schedule spans them.  [default: "
                    f"{DEFAULT_STEPS['digits-to-words']} for digits-to-words, {DEFAULT_STEPS['words-to-digits']} "
                    "for words-to-digits]")
-@click.option("--batch-size", type=click.IntRange(min=1), default=128, show_default=True,
+@click.option("--batch-size", type=click.IntRange(1, 4096), default=128, show_default=True,
               help="Training numbers per update (every digit length 1-6 equally likely).")
 @click.option("--lr", type=click.FloatRange(min=0, min_open=True), default=2e-3, show_default=True,
               help="Peak learning rate of AdamW.")
@@ -1109,9 +1115,7 @@ def train_translate(ctx: click.Context, task: Optional[str], decoder: str, outpu
       npperceiver train-translate --task words-to-digits --decoder queries --seed 1 -o w2d.safetensors
       npperceiver train-translate --resume w2d.safetensors -o w2d.safetensors --steps 3000
     """
-    if not output.endswith(".safetensors"):
-        raise click.BadParameter(f"{output} must end in .safetensors (the checkpoint keeps its config in the "
-                                 "file's metadata)", param_hint="'-o' / '--output'")
+    _check_checkpoint_output(output)
     explicit = {name for name in ctx.params if ctx.get_parameter_source(name) == click.core.ParameterSource.COMMANDLINE}
     if resume is not None:
         if config_path is not None:
@@ -1134,7 +1138,8 @@ def train_translate(ctx: click.Context, task: Optional[str], decoder: str, outpu
         )
         if settings["warmup_steps"] > steps:
             raise CliError(f"--warmup {settings['warmup_steps']} is longer than --steps {steps}")
-        config = _seq2seq_config(config_path, task, decoder) if config_path else None
+        config = (_load_seq2seq_config(config_path, wanted={"task": task, "decoder": decoder}) if config_path
+                  else None)
         if config_path:
             settings["config"] = os.path.basename(config_path)
         state = translation.new_state(task, decoder, seed, settings, config)
@@ -1218,24 +1223,6 @@ def _translate_loop(state, schedule, output: str) -> None:
                else "'forty two' 'three thousand four hundred twelve'")
     lines.append(f"wrote {output} (step {state.step}; try: npperceiver translate --weights {output} {example})")
     click.echo("\n".join(lines))
-
-
-def _seq2seq_config(path: str, task: str, decoder: str):
-    """train-translate --config: a Seq2SeqConfig from a JSON file, for --task and --decoder."""
-    try:
-        data = json.loads(Path(path).read_text(encoding="utf-8"))
-        if not isinstance(data, dict):
-            raise ValueError(f"it holds a JSON {type(data).__name__}, not an object")
-        for key, wanted in (("task", task), ("decoder", decoder)):
-            if data.setdefault(key, wanted) != wanted:
-                raise ValueError(f"its {key} is {data[key]!r}, but --{key} is {wanted!r}")
-        return seq2seq.Seq2SeqConfig.from_dict(data)
-    except FileNotFoundError:
-        raise CliError(f"--config {path}: no such file") from None
-    except OSError as e:
-        raise CliError(f"--config {path}: cannot read it: {e.strerror or e}") from None
-    except (ValueError, TypeError) as e:  # invalid JSON or field
-        raise CliError(f"--config {path}: {_one_line(e)}") from None
 
 
 def _by_length(values) -> str:
@@ -1397,15 +1384,17 @@ def _model_config(model: str, config_name: Optional[str], task: Optional[str], d
     return _load_seq2seq_config(config_name), Path(config_name).name
 
 
-def _load_seq2seq_config(name: str) -> Seq2SeqConfig:
+def _load_seq2seq_config(name: str, wanted: Optional[dict] = None) -> Seq2SeqConfig:
     """A Seq2SeqConfig from a JSON file (``Seq2SeqConfig.to_dict``'s layout), read as carefully as
-    ``PerceiverConfig.from_json`` reads one: at most MAX_CONFIG_BYTES, UTF-8, strict JSON."""
+    ``PerceiverConfig.from_json`` reads one: at most MAX_CONFIG_BYTES, UTF-8, strict JSON. ``wanted``
+    (train-translate's ``{"task": ..., "decoder": ...}``) fills those fields when the file leaves them out and
+    refuses a file that names others."""
     path = Path(name)
     if path.is_dir():
         raise CliError(f"--config {name}: is a folder, not a JSON file")
     if not path.exists():
-        raise CliError(f"--config {name}: no such file (--model seq2seq reads a Seq2SeqConfig JSON, e.g. "
-                       "configs/seq2seq-digits-to-words.json; or give --task)")
+        raise CliError(f"--config {name}: no such file (a Seq2SeqConfig JSON is wanted, e.g. "
+                       "configs/seq2seq-digits-to-words.json)")
     try:
         with open(path, "rb") as f:
             raw = f.read(MAX_CONFIG_BYTES + 1)
@@ -1420,6 +1409,11 @@ def _load_seq2seq_config(name: str) -> Seq2SeqConfig:
         except UnicodeDecodeError as e:
             raise ValueError(f"not UTF-8 text ({e.reason} at byte {e.start})") from None
         data = parse_json(text)
+        if not isinstance(data, dict):
+            raise ValueError(f"it holds a JSON {type(data).__name__}, not an object")
+        for key, value in (wanted or {}).items():
+            if data.setdefault(key, value) != value:
+                raise ValueError(f"its {key} is {data[key]!r}, but --{key} is {value!r}")
         config = Seq2SeqConfig.from_dict(data)
     except ValueError as e:
         hint = (" (this looks like a PerceiverConfig: draw it with --model encoder or mlm)"
@@ -1427,6 +1421,21 @@ def _load_seq2seq_config(name: str) -> Seq2SeqConfig:
         raise CliError(f"--config {name}: {_one_line(e)}{hint}") from None
     click.echo(f"config: {path} (file)", err=True)
     return config
+
+
+def _check_checkpoint_output(output: str) -> None:
+    """train-mlm's and train-translate's ``-o``: a ``.safetensors`` name (the checkpoint keeps its config in the
+    file's metadata) in a folder that exists -- checked before training, not at the first checkpoint."""
+    if not output.endswith(".safetensors"):
+        raise click.BadParameter(f"{output} must end in .safetensors (the checkpoint keeps its config in the "
+                                 "file's metadata)", param_hint="'-o' / '--output'")
+    if os.path.isdir(output):
+        raise CliError(f"cannot write {output}: it is a folder; give a file name")
+    folder = os.path.dirname(output) or "."
+    if not os.path.isdir(folder):
+        raise CliError(f"cannot write {output}: no folder {folder}")
+    if not os.access(folder, os.W_OK):
+        raise CliError(f"cannot write {output}: the folder {folder} is not writable")
 
 
 def _write(output: str, data: "bytes | Callable[[str], None]", suffix: str = ".tmp") -> None:

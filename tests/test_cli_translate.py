@@ -270,3 +270,25 @@ def test_resume_refuses_a_model_saved_without_its_optimizer(tmp_path):
     result = run("train-translate", "--resume", path, "-o", tmp_path / "out.safetensors")
     assert_one_error_line(result, 1, r"--resume .*: it holds the model but no optimizer state .*nothing to resume")
     assert not (tmp_path / "out.safetensors").exists()
+
+
+def test_draw_attention_with_task_reads_a_checkpoints_weights_without_its_optimizer(tmp_path):
+    path = tmp_path / "m.safetensors"
+    checkpoint(path, "digits-to-words", "autoregressive")
+    config = tmp_path / "tiny-config.json"
+    config.write_text(json.dumps(dict(translation.load_model(str(path)).config.to_dict())))
+    result = run("draw-attention", "--model", "seq2seq", "--config", config, "--weights", path, "--text", "42",
+                 "--format", "text")
+    assert result.exit_code == 0, result.output
+    assert result.stdout.startswith("decoder.layers.0.cross_attention")
+
+
+def test_train_translate_checks_its_output_folder_and_batch_size_first(tmp_path, tiny, monkeypatch):
+    calls = []
+    monkeypatch.setattr(translation, "train_step", lambda *a, **k: calls.append(1) or (0.0, 0.0))
+    result = train(tmp_path, tiny, "no-such-folder/m.safetensors")
+    assert_one_error_line(result, 1, r"no folder .*no-such-folder")
+    assert calls == []
+    result = run("train-translate", "--task", "digits-to-words", "--batch-size", 10**9,
+                 "-o", tmp_path / "m.safetensors")
+    assert result.exit_code == 2 and "not in the range 1<=x<=4096" in result.output

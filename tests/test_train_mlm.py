@@ -327,3 +327,35 @@ def test_adamw_finiteness_check_is_exact():
         grads[name][1] = bad
         with pytest.raises(ValueError, match=f"gradient of {name} has 1 non-finite value"):
             npp.AdamW(model).step(grads)
+
+
+def test_a_missing_output_folder_is_refused_before_any_training(files, monkeypatch):
+    folder, _, _ = files
+    calls = []
+    monkeypatch.setattr(pretraining, "train_step", lambda *a, **k: calls.append(1) or (0.0, 0.0))
+    result = train(files, "no-such-folder/m.safetensors")
+    assert_one_error_line(result, 1, r"cannot write .*m\.safetensors: no folder .*no-such-folder")
+    assert calls == []  # refused before the first update, not at the first checkpoint
+
+
+def test_batch_size_has_a_bound(files):
+    result = train(files, "m.safetensors", "--batch-size", 10**9)
+    assert result.exit_code == 2 and "not in the range 1<=x<=4096" in result.output
+
+
+def test_held_out_windows_without_a_masked_byte_are_one_error_line(tmp_path):
+    text = tmp_path / "short.txt"
+    text.write_bytes((ROOT / "data" / "alice.txt").read_bytes()[:3000])
+    result = run("train-mlm", "--config", "small", "--text", text, "--steps", 1, "--batch-size", 2, "--seq-len", 16,
+                 "--eval-windows", 2, "-o", tmp_path / "m.safetensors")
+    assert_one_error_line(result, 1, r"held-out windows \(--eval-windows 2\) have no masked byte to score")
+    assert not (tmp_path / "m.safetensors").exists()
+
+
+def test_resume_names_a_train_translate_checkpoint(files):
+    from test_cli_translate import checkpoint  # a translation checkpoint of the tiny model
+
+    folder, _, _ = files
+    checkpoint(folder / "t.safetensors")
+    result = run("train-mlm", "--text", files[1], "--resume", folder / "t.safetensors", "-o", folder / "m.safetensors")
+    assert_one_error_line(result, 1, r"is a train-translate checkpoint .*train-translate --resume")
