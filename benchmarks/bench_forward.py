@@ -376,6 +376,17 @@ def parse_args(argv: Optional[list[str]] = None) -> argparse.Namespace:
     return args
 
 
+def save_results(results: dict, table: str, folder: str, name: str) -> None:
+    """Print the Markdown table, and write it and the results as ``FOLDER/NAME-<time>.md`` and ``.json`` (the
+    other benchmarks write theirs with it too)."""
+    print(table)
+    out = Path(folder)
+    out.mkdir(parents=True, exist_ok=True)
+    stem = out / f"{name}-{datetime.datetime.now():%Y%m%d-%H%M%S}"
+    stem.with_suffix(".json").write_text(json.dumps(results, indent=1) + "\n", encoding="utf-8")
+    stem.with_suffix(".md").write_text(table, encoding="utf-8")
+    print(f"wrote {stem}.json and {stem}.md", file=sys.stderr)
+
 def main(argv: Optional[list[str]] = None) -> dict:
     args = parse_args(argv)
     results = dict(environment=environment(args.threads), rows=[])
@@ -400,13 +411,7 @@ def main(argv: Optional[list[str]] = None) -> dict:
         r["peak_fraction"] = r["np_gflops"] / results["sgemm_peak"][r["threads"]]
     results["environment"]["loadavg_end"] = os.getloadavg()
     table = markdown(results)
-    print(table)
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    stem = out / f"forward-{datetime.datetime.now():%Y%m%d-%H%M%S}"
-    stem.with_suffix(".json").write_text(json.dumps(results, indent=1) + "\n", encoding="utf-8")
-    stem.with_suffix(".md").write_text(table, encoding="utf-8")
-    print(f"wrote {stem}.json and {stem}.md", file=sys.stderr)
+    save_results(results, table, args.out, "forward")
     return results
 
 

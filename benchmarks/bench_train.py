@@ -38,8 +38,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import datetime
-import json
 import os
 import sys
 from pathlib import Path
@@ -55,7 +53,7 @@ sys.path.insert(0, str(HERE))
 
 import npperceiver as npp  # noqa: E402
 from bench_forward import (  # noqa: E402  (the same measuring tools as the forward benchmark)
-    MiB, encoder_fields, environment, median_times, numpy_peak_bytes, threads, torch_peak_bytes,
+    MiB, encoder_fields, environment, median_times, numpy_peak_bytes, save_results, threads, torch_peak_bytes,
 )
 
 
@@ -265,13 +263,7 @@ def main(argv: Optional[list[str]] = None) -> dict:
         results["rows"] += run_case(case, args.threads, repeats)
     results["environment"]["loadavg_end"] = os.getloadavg()
     table = markdown(results)
-    print(table)
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    stem = out / f"train-{datetime.datetime.now():%Y%m%d-%H%M%S}"
-    stem.with_suffix(".json").write_text(json.dumps(results, indent=1) + "\n", encoding="utf-8")
-    stem.with_suffix(".md").write_text(table, encoding="utf-8")
-    print(f"wrote {stem}.json and {stem}.md", file=sys.stderr)
+    save_results(results, table, args.out, "train")
     return results
 
 

@@ -28,8 +28,6 @@ the Markdown table. Check ``cat /proc/loadavg`` first: time only on a quiet mach
 from __future__ import annotations
 
 import argparse
-import datetime
-import json
 import os
 import sys
 import time
@@ -45,7 +43,8 @@ sys.path.insert(0, str(HERE))
 sys.path.insert(0, str(ROOT / "tests"))  # the torch twin
 
 import npperceiver as npp  # noqa: E402
-from bench_forward import environment, threads  # noqa: E402  (the same thread control as the other benchmarks)
+from bench_forward import environment, save_results, threads  # noqa: E402  (the same thread control and output as
+#                                                                 the other benchmarks)
 from npperceiver.seq2seq import DECODERS, PerceiverSeq2Seq, Seq2SeqConfig  # noqa: E402
 from npperceiver.tasks import TASKS, NumberSplit, get_task  # noqa: E402
 
@@ -237,13 +236,7 @@ def main(argv: Optional[list[str]] = None) -> dict:
             results["rows"] += run_case(task, decoder, args)
     results["environment"]["loadavg_end"] = os.getloadavg()
     table = markdown(results)
-    print(table)
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    stem = out / f"translate-{datetime.datetime.now():%Y%m%d-%H%M%S}"
-    stem.with_suffix(".json").write_text(json.dumps(results, indent=1) + "\n", encoding="utf-8")
-    stem.with_suffix(".md").write_text(table, encoding="utf-8")
-    print(f"wrote {stem}.json and {stem}.md", file=sys.stderr)
+    save_results(results, table, args.out, "translate")
     return results
 
 
