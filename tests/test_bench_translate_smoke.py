@@ -4,31 +4,18 @@ asserted. Skipped without torch or transformers."""
 
 from __future__ import annotations
 
-import importlib.util
 import json
-import sys
-from pathlib import Path
 
 import pytest
+
+from helpers import load_benchmark
 
 pytest.importorskip("torch", reason="the benchmark compares with torch")
 pytest.importorskip("transformers", reason="the benchmark compares with HF transformers")
 
-BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
-
-
 @pytest.fixture(scope="module")
 def bench():
-    sys.path.insert(0, str(BENCHMARKS))
-    spec = importlib.util.spec_from_file_location("bench_translate", BENCHMARKS / "bench_translate.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module
-    try:
-        spec.loader.exec_module(module)
-        yield module
-    finally:
-        del sys.modules[spec.name]
-        sys.path.remove(str(BENCHMARKS))
+    yield from load_benchmark("bench_translate")
 
 
 def test_quick_run_covers_every_task_and_decoder_and_agrees_with_torch(bench, tmp_path):

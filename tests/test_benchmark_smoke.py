@@ -10,10 +10,11 @@ from __future__ import annotations
 import importlib.util
 import json
 import re
-import sys
 from pathlib import Path
 
 import pytest
+
+from helpers import load_benchmark
 
 pytest.importorskip("torch", reason="the benchmark compares with torch")
 pytest.importorskip("transformers", reason="the benchmark compares with HF transformers")
@@ -25,14 +26,7 @@ SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "bench_forward.py"
 
 @pytest.fixture(scope="module")
 def bench():
-    spec = importlib.util.spec_from_file_location("bench_forward", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # dataclasses look their module up there
-    try:
-        spec.loader.exec_module(module)
-        yield module
-    finally:
-        del sys.modules[spec.name]
+    yield from load_benchmark("bench_forward")
 
 
 def test_quick_run_covers_every_config_and_agrees_with_hf(bench, tmp_path):

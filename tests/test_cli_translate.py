@@ -19,6 +19,7 @@ from npperceiver import pretraining, translation
 from npperceiver.tasks import get_task
 from npperceiver_cli.cli import main
 
+from helpers import interrupt_update
 from test_translation import TINY_ENCODER, tiny_config
 
 TINY = dict(encoder=TINY_ENCODER, d_decoder=16, num_decoder_heads=2)
@@ -76,25 +77,12 @@ def test_smoke_run_lowers_the_loss_and_translate_loads_it(tmp_path, tiny):
     assert translated.stdout == "".join(get_task("digits-to-words").decode_target(r) + "\n" for r in expected)
 
 
-def _stop_at(monkeypatch, calls: int) -> None:
-    """Make the ``calls``-th update raise KeyboardInterrupt, as Ctrl-C would in the middle of it."""
-    real, count = translation.train_step, {"n": 0}
-
-    def step(*args, **kwargs):
-        count["n"] += 1
-        if count["n"] == calls:
-            raise KeyboardInterrupt
-        return real(*args, **kwargs)
-
-    monkeypatch.setattr(translation, "train_step", step)
-
-
 def test_resume_continues_exactly_where_the_run_stopped(tmp_path, tiny, monkeypatch):
     options = ("--steps", 8, "--eval-every", 3, "--decoder", "autoregressive")
     whole = train(tmp_path, tiny, "whole.safetensors", *options)
     assert whole.exit_code == 0, whole.output
 
-    _stop_at(monkeypatch, 5)  # Ctrl-C during the fifth update: the checkpoint holds step 3
+    interrupt_update(monkeypatch, translation, 5)  # Ctrl-C during the fifth update: the checkpoint holds step 3
     stopped = train(tmp_path, tiny, "part.safetensors", *options)
     assert_one_error_line(stopped, 130, r"interrupted at step 4; .*part.safetensors holds step 3, the last "
                                         r"checkpoint.*--resume")

@@ -27,6 +27,8 @@ from npperceiver import pretraining
 from npperceiver.tokenizer import CLS_ID, MASK_ID, NUM_SPECIAL_TOKENS, SEP_ID
 from npperceiver_cli.cli import main
 
+from helpers import interrupt_update
+
 ROOT = Path(__file__).resolve().parents[1]
 TINY = dict(num_latents=8, d_latents=16, d_model=16, num_blocks=1, num_self_attends_per_block=1,
             num_self_attention_heads=2, num_cross_attention_heads=2, max_position_embeddings=32, vocab_size=262)
@@ -168,26 +170,13 @@ def test_smoke_run_lowers_the_loss_and_fill_mask_loads_it(files):
     assert_one_error_line(mismatch, 1, r"--config small differs from the config saved in .*mlm.safetensors")
 
 
-def _stop_at(monkeypatch, calls: int) -> None:
-    """Make the ``calls``-th update raise KeyboardInterrupt, as Ctrl-C would in the middle of it."""
-    real, count = pretraining.train_step, {"n": 0}
-
-    def step(*args, **kwargs):
-        count["n"] += 1
-        if count["n"] == calls:
-            raise KeyboardInterrupt
-        return real(*args, **kwargs)
-
-    monkeypatch.setattr(pretraining, "train_step", step)
-
-
 def test_resume_continues_exactly_where_the_run_stopped(files, monkeypatch):
     folder, _, _ = files
     options = ("--steps", 10, "--save-every", 4, "--eval-every", 3)
     whole = train(files, "whole.safetensors", *options, "--log", folder / "whole.csv")
     assert whole.exit_code == 0, whole.output
 
-    _stop_at(monkeypatch, 6)  # Ctrl-C during the sixth update: the checkpoint holds step 4
+    interrupt_update(monkeypatch, pretraining, 6)  # Ctrl-C during the sixth update: the checkpoint holds step 4
     stopped = train(files, "part.safetensors", *options, "--log", folder / "part.csv")
     assert_one_error_line(stopped, 130, r"interrupted at step 5; .*part.safetensors holds step 4, the last checkpoint.*--resume")
     assert npp.load_metadata(folder / "part.safetensors")["step"] == "4"
